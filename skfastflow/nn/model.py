@@ -1,0 +1,123 @@
+"""FastFlow: a frozen backbone followed by one 2D normalizing flow per feature scale."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .anomaly_map import AnomalyMapGenerator
+from .backbone import DEFAULT_OUT_INDICES, FeatureExtractor
+from .coupling import FastFlowBlock
+
+
+def as_size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    """Return ``(height, width)`` from an int or a pair."""
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+class FastflowModel(nn.Module):
+    """FastFlow (Yu et al., 2021) with anomalib's interface.
+
+    A frozen timm backbone gives feature maps; CNN features pass through a trainable
+    LayerNorm over (C, h, w) (transformer features keep the backbone's own final norm);
+    each scale is modelled by its own 2D flow of ``flow_steps`` coupling blocks.
+
+    Parameters
+    ----------
+    input_size : int or tuple of int
+        (height, width) of the normalised input images. Any size works: every shape is
+        derived from the real feature maps at this size.
+    backbone : str
+        timm model name: a CNN that supports ``features_only`` (``resnet18``,
+        ``wide_resnet50_2``, ``tf_efficientnet_lite0``, ...), or the paper's transformers
+        ``cait_m48_448`` / ``deit_base_distilled_patch16_384``.
+    pre_trained : bool, default=True
+        Use pretrained backbone weights (timm download unless ``weights`` is given).
+    flow_steps : int, default=8
+        Coupling blocks per flow.
+    conv3x3_only : bool, default=False
+        Use 3x3 convolutions in every step instead of alternating 3x3 and 1x1.
+    hidden_ratio : float, default=1.0
+        Ratio of hidden to input channels in the coupling subnets.
+    weights : path-like, optional
+        Local backbone weights file, for machines without internet.
+    out_indices : tuple of int, default=(1, 2, 3)
+        Feature levels of a CNN backbone.
+
+    Notes
+    -----
+    In training mode :meth:`forward` returns ``(hidden_variables, log_jacobians)``; in eval
+    mode it returns the anomaly map ``(N, 1, H, W)`` (higher = more anomalous). The
+    backbone stays in eval mode in both. Random initialisation (subnet weights, channel
+    permutations) draws from torch's default generator.
+    """
+
+    def __init__(
+        self,
+        input_size: int | tuple[int, int],
+        backbone: str,
+        pre_trained: bool = True,
+        flow_steps: int = 8,
+        conv3x3_only: bool = False,
+        hidden_ratio: float = 1.0,
+        weights: str | os.PathLike | None = None,
+        out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES,
+    ) -> None:
+        super().__init__()
+        self.input_size = as_size_pair(input_size)
+        self.feature_extractor = FeatureExtractor(backbone, pre_trained, weights, out_indices, self.input_size)
+        self.feature_shapes = self._probe_feature_shapes()
+        if self.feature_extractor.is_transformer:
+            norms = [nn.Identity() for _ in self.feature_shapes]
+        else:
+            norms = [nn.LayerNorm(list(shape), elementwise_affine=True) for shape in self.feature_shapes]
+        self.norms = nn.ModuleList(norms)
+        self.fast_flow_blocks = nn.ModuleList(
+            FastFlowBlock(shape[0], flow_steps, conv3x3_only, hidden_ratio) for shape in self.feature_shapes
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(self.input_size)
+
+    def _probe_feature_shapes(self) -> list[tuple[int, int, int]]:
+        """Run the backbone once on a blank image to learn each scale's (C, h, w)."""
+        try:
+            with torch.no_grad():
+                features = self.feature_extractor(torch.zeros(1, 3, *self.input_size))
+        except RuntimeError as error:
+            raise ValueError(
+                f"input_size={self.input_size} is too small for backbone "
+                f"{self.feature_extractor.backbone_name!r} ({error}). Use a larger input_size."
+            ) from error
+        shapes = [tuple(int(v) for v in feature.shape[1:]) for feature in features]
+        for channels, height, width in shapes:
+            if height < 1 or width < 1 or channels < 2:
+                raise ValueError(
+                    f"input_size={self.input_size} gives an empty feature map {shapes} with backbone "
+                    f"{self.feature_extractor.backbone_name!r}. Use a larger input_size."
+                )
+        return shapes
+
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone feature maps of normalised ``images`` (no gradient; cacheable across epochs)."""
+        with torch.no_grad():
+            return self.feature_extractor(images)
+
+    def encode(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Normalise and flow backbone features; return per-scale latents and log-Jacobians."""
+        hidden_variables, log_jacobians = [], []
+        for norm, flow, feature in zip(self.norms, self.fast_flow_blocks, features):
+            z, log_jacobian = flow(norm(feature))
+            hidden_variables.append(z)
+            log_jacobians.append(log_jacobian)
+        return hidden_variables, log_jacobians
+
+    def forward(self, images: torch.Tensor):
+        """Latents and log-Jacobians in training mode, else the anomaly map ``(N, 1, H, W)``."""
+        hidden_variables, log_jacobians = self.encode(self.extract_features(images))
+        if self.training:
+            return hidden_variables, log_jacobians
+        return self.anomaly_map_generator(hidden_variables)
