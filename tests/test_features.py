@@ -28,7 +28,7 @@ FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=3
 # moved by at most 0.004 there, image and pixel AUROC by less than 1e-4.
 BFLOAT16_MAP_TOLERANCE = 0.05
 # Relative change of the training loss curve when the cache is float16 instead of float32.
-FLOAT16_LOSS_TOLERANCE = 1e-3
+FLOAT16_LOSS_TOLERANCE = 1e-4  # measured: 1.5e-5
 
 
 @pytest.fixture(scope="module")
