@@ -503,7 +503,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ persistence
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
         if "model_" in state:
             # The torch model travels as CPU tensors plus what rebuilds it offline.
             model = state.pop("model_")
