@@ -63,8 +63,9 @@ def _pixel_scale(array: np.ndarray, where: str) -> float:
     if array.dtype == np.uint8:
         return 255.0
     if array.dtype == np.uint16:
-        if array.size and array.max() <= 255:
-            # Read as 0..65535 these images are nearly black; almost surely 8-bit data.
+        if array.size and 0 < array.max() <= 255:
+            # Read as 0..65535 these images are nearly black; almost surely 8-bit data (all-zero
+            # images are black on any scale, so they pass silently).
             warnings.warn(
                 "Images of dtype uint16 are read as 16-bit (0..65535), but these hold no value above 255 and "
                 "so look almost black; if they are 8-bit images, convert them with X.astype(np.uint8).",

@@ -115,10 +115,11 @@ def test_uint16_holding_only_8_bit_values_warns_and_names_the_fix():
         ImageCollection(np.full((2, 4, 4), 200, dtype=np.uint16))
 
 
-def test_genuine_16_bit_images_do_not_warn():
+@pytest.mark.parametrize("value", [40000, 0])
+def test_genuine_16_bit_and_black_images_do_not_warn(value):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ImageCollection(np.full((2, 4, 4), 40000, dtype=np.uint16))
+        ImageCollection(np.full((2, 4, 4), value, dtype=np.uint16))
 
 
 # ----------------------------------------------------------------- refused arrays
