@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from sklearn.utils import Bunch, check_random_state
 
+from .images import _read_image_file
+
 __all__ = ["load_mvtec", "make_defect_images"]
 
 # Suffixes are compared lower-cased, so ``.PNG`` and ``.JPG`` count too.
@@ -36,44 +38,6 @@ _LAYOUT_HELP = (
 # --------------------------------------------------------------------------
 
 
-def _pixels_as_uint8(image, path):
-    """Return the pixels of an open PIL image as a uint8 array, channels as stored.
-
-    Grey stays 2-D, colour becomes (H, W, 3); see :func:`load_mvtec` for the
-    conversion of the less common modes.
-    """
-    mode = image.mode
-    if mode in ("L", "RGB"):
-        return np.asarray(image, dtype=np.uint8)
-    if mode in ("1", "LA", "La"):
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    if mode == "I" or mode.startswith("I;16"):
-        # 16-bit grey files (PNG, TIFF) arrive as "I;16*" or "I"; map the full
-        # 16-bit range onto 0..255 so that a 16-bit scan looks like its 8-bit twin.
-        wide = np.asarray(image).astype(np.float64)
-        return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-    if mode == "F":
-        raise ValueError(
-            f"cannot read image file {path}: floating-point images (PIL mode 'F') "
-            "have no fixed value range; save it as 8- or 16-bit PNG or TIFF."
-        )
-    # Palette, RGBA, CMYK, YCbCr, ...: colour images; the alpha channel is dropped.
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _read_image(path):
-    """Read an image file into a uint8 array, raising ValueError naming the file."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return _pixels_as_uint8(image, path)
-    except OSError as error:
-        raise ValueError(
-            f"cannot read image file {path}: {error}. Check that it is a valid "
-            f"image in one of the formats {', '.join(_IMAGE_SUFFIXES)}."
-        ) from error
-
-
 def _read_image_size(path):
     """Return (height, width) of an image file from its header alone."""
     try:
@@ -81,15 +45,14 @@ def _read_image_size(path):
             width, height = image.size
     except OSError as error:
         raise ValueError(
-            f"cannot read image file {path}: {error}. Check that it is a valid "
-            f"image in one of the formats {', '.join(_IMAGE_SUFFIXES)}."
+            f"Cannot read image file {str(path)!r} ({error}); it is not an image."
         ) from error
     return height, width
 
 
 def _read_mask(path):
     """Read a mask file as a bool (H, W) array: any nonzero channel is a defect."""
-    pixels = _read_image(path)
+    pixels = _read_image_file(str(path))
     defect = pixels != 0
     return defect.any(axis=2) if defect.ndim == 3 else defect
 
@@ -189,11 +152,12 @@ def load_mvtec(root, *, lazy=False):
     test images grouped by defect type in sorted folder order, so the order is
     the same on every machine.
 
-    Pixels are kept as stored: grey images are (H, W) uint8, colour images
-    (H, W, 3) uint8. Less common modes are converted: 1-bit to 0/255 grey;
-    16-bit grey scaled from 0..65535 to 0..255; palette, CMYK and YCbCr to RGB;
-    an alpha channel is dropped (grey+alpha to grey, RGBA to RGB). Floating
-    point images are refused. EXIF orientation tags are ignored, so images
+    Files are read as the detector reads image paths (``skfastflow.images``),
+    with channels as stored: grey images are (H, W), colour images (H, W, 3),
+    8-bit files uint8. 1-bit files become 0/255 grey; palette, CMYK and YCbCr
+    files become RGB; an alpha channel is dropped (grey+alpha to grey, RGBA to
+    RGB). 16-bit grey files stay uint16 (0..65535) so no precision is lost;
+    the detector accepts them. EXIF orientation tags are ignored, so images
     and masks stay aligned as stored.
 
     Parameters
@@ -211,7 +175,8 @@ def load_mvtec(root, *, lazy=False):
         Dictionary-like object with attributes:
 
         X_train : list of ndarray, or list of str if ``lazy``
-            Good training images, (H, W) or (H, W, 3) uint8.
+            Good training images, (H, W) or (H, W, 3), uint8 (uint16 for
+            16-bit files).
         X_test : list of ndarray, or list of str if ``lazy``
             Test images, good and defective.
         y_test : ndarray of shape (n_test,), dtype int
@@ -285,8 +250,8 @@ def load_mvtec(root, *, lazy=False):
         X_test = [str(path) for path in test_paths]
         masks_test = [None if path is None else str(path) for path in mask_paths]
     else:
-        X_train = [_read_image(path) for path in train_paths]
-        X_test = [_read_image(path) for path in test_paths]
+        X_train = [_read_image_file(str(path)) for path in train_paths]
+        X_test = [_read_image_file(str(path)) for path in test_paths]
         masks_test = []
         for image, image_path, mask_path in zip(X_test, test_paths, mask_paths):
             if mask_path is None:
