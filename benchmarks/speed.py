@@ -133,7 +133,7 @@ def main(argv=None) -> None:
                 command = [sys.executable, __file__, f"--backbone={backbone}", f"--configuration={configuration}", *shared]
                 output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 result = json.loads(output.strip().splitlines()[-1])
-                print(f"  done: {backbone} {configuration}", file=sys.stderr, flush=True)
+                print(f"  {backbone} {configuration}: {output.strip().splitlines()[-1]}", file=sys.stderr, flush=True)
                 previous = best.get((backbone, configuration))
                 if previous is None:
                     best[(backbone, configuration)] = result

@@ -449,7 +449,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     def _autocast(self, device: torch.device):
         """bfloat16 autocast of backbone and flows when ``inference_precision`` asks for it."""
         use_bfloat16 = self.inference_precision == "bfloat16" or (
-            self.inference_precision == "auto" and bfloat16_is_native(device)
+            self.inference_precision == "auto" and _bfloat16_is_native(device)
         )
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bfloat16)
 
@@ -604,7 +604,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             self.device_ = device
 
 
-def bfloat16_is_native(device: torch.device) -> bool:
+def _bfloat16_is_native(device: torch.device) -> bool:
     """Whether ``device`` is a CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX).
 
     Elsewhere, CPU bfloat16 is emulated and slower than float32.
