@@ -60,8 +60,11 @@ def load_images(data: str | None, n_train: int, n_test: int, image_size: int):
 
 def run_one(arguments: argparse.Namespace) -> dict:
     """Fit and score once in this process; return throughput and peak memory."""
+    import torch
+
     from skfastflow import FastFlowDetector
 
+    torch.set_num_threads(arguments.threads)
     X_train, X_test = load_images(arguments.data, arguments.n_train, arguments.n_test, arguments.image_size)
     weights = {}
     if arguments.pretrained and arguments.backbone == "tf_efficientnet_lite0" and os.path.isfile(EFFICIENTNET_WEIGHTS):
@@ -109,6 +112,10 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the best of each is kept")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads per run (default 1: on a shared machine, OpenMP's spin-waiting inflates CPU time with more)",
+    )  # fmt: skip
     parser.add_argument("--pretrained", action="store_true", help="use local tf_efficientnet_lite0 weights if present")
     parser.add_argument("--configuration", choices=sorted(CONFIGURATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
@@ -120,7 +127,7 @@ def main(argv=None) -> None:
 
     shared = [
         f"--n-train={arguments.n_train}", f"--n-test={arguments.n_test}", f"--image-size={arguments.image_size}",
-        f"--epochs={arguments.epochs}", f"--batch-size={arguments.batch_size}",
+        f"--epochs={arguments.epochs}", f"--batch-size={arguments.batch_size}", f"--threads={arguments.threads}",
     ]  # fmt: skip
     if arguments.data:
         shared.append(f"--data={arguments.data}")
@@ -146,7 +153,7 @@ def main(argv=None) -> None:
     print(
         f"\n{arguments.n_train} training images ({arguments.epochs} epochs), {arguments.n_test} test images, "
         f"{arguments.image_size}x{arguments.image_size}, batch {arguments.batch_size}, "
-        f"data: {arguments.data or 'synthetic textures'}, torch threads: default\n"
+        f"data: {arguments.data or 'synthetic textures'}, torch threads: {arguments.threads}\n"
     )
     header = "| backbone | configuration | train img/s (wall) | train img/s (CPU) | infer img/s (wall) | infer img/s (CPU) | peak RSS fit (MiB) | peak RSS (MiB) |"
     print(header)

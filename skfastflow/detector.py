@@ -446,12 +446,13 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
                 scores.append(-maps.flatten(1).amax(dim=1))
         return torch.cat(scores).double().cpu().numpy()
 
+    def _uses_bfloat16(self, device: torch.device) -> bool:
+        """Whether scoring runs the backbone and flows in bfloat16 (``inference_precision``)."""
+        return self.inference_precision == "bfloat16" or (self.inference_precision == "auto" and _bfloat16_is_native(device))
+
     def _autocast(self, device: torch.device):
         """bfloat16 autocast of backbone and flows when ``inference_precision`` asks for it."""
-        use_bfloat16 = self.inference_precision == "bfloat16" or (
-            self.inference_precision == "auto" and _bfloat16_is_native(device)
-        )
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._uses_bfloat16(device))
 
     def _maps_from_features(self, model: FastflowModel, features: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         """Float32 anomaly maps ``(n, 1, H, W)`` of backbone features (flows in the inference precision)."""
@@ -469,9 +470,13 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         images = ImageCollection(X, fitted_colour_mode=self._fitted_colour_mode())
         extractor = self.model_.feature_extractor
         with torch.inference_mode():
+            # oneDNN's bfloat16 convolutions run faster on NHWC (channels_last) input: the backbone
+            # took a third less time for resnet18. The flows are faster on NCHW, so features go back.
+            memory_format = torch.channels_last if self._uses_bfloat16(self.device_) else torch.contiguous_format
             for batch in images.batches(self.batch_size, self.model_.input_size, extractor.mean, extractor.std):
                 with self._autocast(self.device_):
-                    features = self.model_.extract_features(batch.tensor.to(self.device_))
+                    features = self.model_.extract_features(batch.tensor.to(self.device_).contiguous(memory_format=memory_format))
+                features = [feature.contiguous() for feature in features]
                 yield batch, self._maps_from_features(self.model_, features, self.device_)
 
     # ------------------------------------------------------------------ public predictions

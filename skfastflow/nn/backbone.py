@@ -172,10 +172,6 @@ class FeatureExtractor(nn.Module):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.model.eval()
-        if not self.is_transformer:
-            # oneDNN's CPU convolutions run faster on NHWC (channels_last) tensors: about 25 %
-            # less time for resnet18; same maths, only the summation order may differ.
-            self.model.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         # The backbone is frozen: BatchNorm statistics and dropout must never change.
@@ -185,9 +181,7 @@ class FeatureExtractor(nn.Module):
         """Return the feature maps of normalised ``images`` (N, 3, H, W)."""
         if self.is_transformer:
             return [self._transformer_features(images)]
-        # The flows are faster on the default (NCHW) layout, so features leave as NCHW.
-        features = self.model(images.contiguous(memory_format=torch.channels_last))
-        return [feature.contiguous() for feature in features]
+        return list(self.model(images))
 
     def _transformer_features(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
