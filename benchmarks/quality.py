@@ -81,6 +81,8 @@ def evaluate(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, offset: fl
         "pixel_auroc": pixel_roc_auc_score(masks, maps),
         "aupro": aupro_score(masks, maps),
         "accuracy": float(np.mean(predicted == labels)),
+        "good_flagged": float(np.mean(predicted[~defective] == -1)),
+        "defects_flagged": float(np.mean(predicted[defective] == -1)),
     }
 
 
