@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.run(args)
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per step (default: %(default)s)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
+    _add_threads_option(fit)
     fit.set_defaults(run=_run_fit)
 
     predict = commands.add_parser(
@@ -136,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per image to this folder")
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
     predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    _add_threads_option(predict)
     predict.set_defaults(run=_run_predict)
 
     evaluate = commands.add_parser(
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ and ground_truth/")
     evaluate.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per test image to this folder")
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    _add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
     demo = commands.add_parser(
@@ -158,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="skfastflow_demo", help="folder for the data, model and pictures (default: %(default)s)")
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _add_threads_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy or small machine)",
+    )
 
 
 def _positive_int(text: str) -> int:

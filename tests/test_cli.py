@@ -184,6 +184,13 @@ def test_evaluate_on_a_folder_without_mvtec_layout(capsys, tmp_path, fit_run):
     assert status == 2 and "MVTec AD layout" in err
 
 
+def test_threads_option_sets_torch_threads_before_any_work(capsys, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    status, _ = error_of(capsys, "predict", tmp_path / "model.joblib", tmp_path, "--threads", "1")
+    assert calls == [1] and status == 2
+
+
 def test_bad_option_value_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", ".", "--epochs", "0"])
