@@ -138,7 +138,10 @@ def main(argv=None) -> None:
         for backbone in arguments.backbones:
             for configuration in CONFIGURATIONS:
                 command = [sys.executable, __file__, f"--backbone={backbone}", f"--configuration={configuration}", *shared]
-                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                finished = subprocess.run(command, capture_output=True, text=True)
+                if finished.returncode != 0:
+                    sys.exit(f"{backbone} {configuration} failed:\n{finished.stderr}")
+                output = finished.stdout
                 result = json.loads(output.strip().splitlines()[-1])
                 print(f"  {backbone} {configuration}: {output.strip().splitlines()[-1]}", file=sys.stderr, flush=True)
                 previous = best.get((backbone, configuration))
