@@ -28,6 +28,8 @@ class AnomalyMapGenerator(nn.Module):
         """Return the anomaly map ``(N, 1, H, W)`` of latents ``[(N, C_i, h_i, w_i), ...]``."""
         anomaly_map = None
         for z in hidden_variables:
+            # Maps are float32 even when the flows ran in bfloat16 (no-op for float32 latents).
+            z = z.float()
             probability = torch.exp(-0.5 * torch.mean(z**2, dim=1, keepdim=True))
             scale_map = F.interpolate(-probability, size=self.input_size, mode="bilinear", align_corners=False)
             anomaly_map = scale_map if anomaly_map is None else anomaly_map + scale_map

@@ -181,7 +181,8 @@ class FeatureExtractor(nn.Module):
         """Return the feature maps of normalised ``images`` (N, 3, H, W)."""
         if self.is_transformer:
             return [self._transformer_features(images)]
-        return list(self.model(images))
+        # NCHW out whatever the input layout: the flows run fastest on it (no-op for NCHW input).
+        return [feature.contiguous() for feature in self.model(images)]
 
     def _transformer_features(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
