@@ -536,7 +536,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ persistence
 
     def __getstate__(self):
-        state = super().__getstate__()
+        # A copy: object.__getstate__ returns the live __dict__, which must stay untouched.
+        state = dict(super().__getstate__())
         if "model_" in state:
             # The torch model travels as CPU tensors plus what rebuilds it offline.
             model = state.pop("model_")
