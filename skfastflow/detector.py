@@ -23,6 +23,11 @@ from .nn.model import as_size_pair
 # A normal image scores below offset_ with about this probability under contamination="auto"
 # (z = 2.576 is the 0.5 % lower tail of a normal distribution).
 _AUTO_Z = 2.576
+# Fewer held-out scores than this cannot estimate their spread (the relative error of a
+# standard deviation is about 1 / sqrt(2 (n - 1)): 71 % from 2 scores, 24 % from 10), and
+# 2.576 noisy deviations below the mean fell below every defect on glass (docs/quality.md);
+# "auto" then uses the lowest held-out score instead.
+_AUTO_MIN_HELD_OUT = 10
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -69,8 +74,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         Use 3x3 convolutions in every coupling subnet (else alternate 3x3 and 1x1).
     hidden_ratio : float, default=1.0
         Ratio of hidden to input channels in the coupling subnets.
-    max_iter : int, default=50
-        Maximum number of training epochs.
+    max_iter : int, default=20
+        Maximum number of training epochs. The held-out likelihood of small training
+        sets keeps improving long after the anomaly maps stop improving (see
+        ``docs/quality.md``), so this bound, not early stopping, usually ends training on
+        them.
     batch_size : int, default=32
         Images per optimisation step and per inference batch.
     learning_rate_init : float, default=1e-3
@@ -90,9 +98,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     contamination : "auto" or float, default="auto"
         Expected proportion of outliers, which sets ``offset_`` from the scores of the
         held-out good images. With a float ``c``, ``offset_`` is the ``c`` quantile of
-        those scores. With ``"auto"``, ``offset_ = mean - 2.576 * std`` of those scores
-        (about 0.5 % of good images flagged if scores were normal), capped at their
-        minimum so that no held-out good image is flagged.
+        those scores. With ``"auto"`` and at least 10 held-out images,
+        ``offset_ = mean - 2.576 * std`` of those scores (about 0.5 % of good images
+        flagged if scores were normal), capped at their minimum so that no held-out good
+        image is flagged; with fewer, whose spread cannot be estimated, ``offset_`` is
+        their minimum (about ``1 / (n_held_out + 1)`` of good images flagged).
     cache_features : bool, default=True
         Compute each training image's backbone features once and reuse them in every
         epoch (exact, since the backbone is frozen). Switch off when the features do not
@@ -200,7 +210,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         flow_steps=8,
         conv3x3_only=False,
         hidden_ratio=1.0,
-        max_iter=50,
+        max_iter=20,
         batch_size=32,
         learning_rate_init=1e-3,
         weight_decay=1e-5,
@@ -420,8 +430,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
 
     def _offset_from(self, validation_scores: np.ndarray) -> float:
         if self.contamination == "auto":
-            spread = float(np.std(validation_scores, ddof=1)) if len(validation_scores) > 1 else 0.0
-            return float(min(np.mean(validation_scores) - _AUTO_Z * spread, np.min(validation_scores)))
+            lowest = float(np.min(validation_scores))
+            if len(validation_scores) < _AUTO_MIN_HELD_OUT:
+                return lowest
+            spread = float(np.std(validation_scores, ddof=1))
+            return float(min(np.mean(validation_scores) - _AUTO_Z * spread, lowest))
         return float(np.percentile(validation_scores, 100.0 * self.contamination))
 
     # ------------------------------------------------------------------ scoring core
