@@ -53,7 +53,7 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
     ),
     "check_estimators_overwrite_params": ReplacedCheck(
         _TABULAR,
-        _COMPAT + "test_fit_returns_self_and_changes_neither_parameters_nor_images",
+        _COMPAT + "test_fit_returns_self_is_idempotent_and_changes_neither_parameters_nor_images",
     ),
     "check_dont_overwrite_parameters": ReplacedCheck(
         _TABULAR,
@@ -61,7 +61,7 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
     ),
     "check_estimators_fit_returns_self": ReplacedCheck(
         _TABULAR,
-        _COMPAT + "test_fit_returns_self_and_changes_neither_parameters_nor_images",
+        _COMPAT + "test_fit_returns_self_is_idempotent_and_changes_neither_parameters_nor_images",
     ),
     "check_readonly_memmap_input": ReplacedCheck(
         _TABULAR + " (memory-mapped)",
@@ -171,7 +171,7 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
     ),
     "check_fit_idempotent": ReplacedCheck(
         _TABULAR,
-        _COMPAT + "test_fit_is_idempotent",
+        _COMPAT + "test_fit_returns_self_is_idempotent_and_changes_neither_parameters_nor_images",
     ),
     "check_fit_check_is_fitted": ReplacedCheck(
         _TABULAR,
