@@ -40,7 +40,7 @@ class ReplacedCheck:
     replacement: str
 
 
-_TABULAR = "fits the estimator on a tabular (n_samples, n_features) array, which is not an image stack"
+_TABULAR = "feeds tabular (n_samples, n_features) arrays, not images"
 _COMPAT = "tests/test_sklearn_compat.py::"
 _PERSISTENCE = "tests/test_persistence.py::"
 
@@ -48,7 +48,7 @@ _PERSISTENCE = "tests/test_persistence.py::"
 #: (all keyword variants of a check, such as ``readonly_memmap=True``, share the entry).
 CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
     "check_fit_score_takes_y": ReplacedCheck(
-        _TABULAR + "; images: fit, score and fit_predict take y second and accept y=None",
+        _TABULAR,
         _COMPAT + "test_methods_take_y_second_and_accept_none",
     ),
     "check_estimators_overwrite_params": ReplacedCheck(
@@ -64,7 +64,7 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
         _COMPAT + "test_fit_returns_self_is_idempotent_and_changes_neither_parameters_nor_images",
     ),
     "check_readonly_memmap_input": ReplacedCheck(
-        _TABULAR + " (memory-mapped)",
+        _TABULAR + "; here they are memory-mapped",
         _COMPAT + "test_read_only_memory_mapped_images",
     ),
     "check_n_features_in_after_fitting": ReplacedCheck(
@@ -81,47 +81,47 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
         _COMPAT + "test_images_of_any_size_are_accepted_after_fit",
     ),
     "check_positive_only_tag_during_fit": ReplacedCheck(
-        _TABULAR + " with negative values; image pixels must be non-negative",
+        _TABULAR + "; here with negative values (pixels must be non-negative)",
         _COMPAT + "test_bad_pixel_values_and_types_are_clear_errors",
     ),
     "check_estimators_dtypes": ReplacedCheck(
-        _TABULAR + " of float32, int32 and int64",
+        _TABULAR + "; here of float32, int32 and int64",
         _COMPAT + "test_pixel_dtypes_give_the_same_scores",
     ),
     "check_complex_data": ReplacedCheck(
-        _TABULAR + " of complex numbers and expects scikit-learn's wording",
+        _TABULAR + "; here complex, and expects scikit-learn's own error wording",
         _COMPAT + "test_bad_pixel_values_and_types_are_clear_errors",
     ),
     "check_dtype_object": ReplacedCheck(
-        _TABULAR + " of dtype object",
+        _TABULAR + "; here of dtype object",
         _COMPAT + "test_bad_pixel_values_and_types_are_clear_errors",
     ),
     "check_estimators_nan_inf": ReplacedCheck(
-        _TABULAR + " holding NaN and inf",
+        _TABULAR + "; here holding NaN and inf",
         _COMPAT + "test_bad_pixel_values_and_types_are_clear_errors",
     ),
     "check_estimators_empty_data_messages": ReplacedCheck(
-        _TABULAR + " with zero rows or columns and expects scikit-learn's wording",
+        _TABULAR + "; here with zero rows or columns, and expects scikit-learn's own error wording",
         _COMPAT + "test_empty_and_wrongly_shaped_input_are_clear_errors",
     ),
     "check_fit2d_1sample": ReplacedCheck(
-        _TABULAR + " with one row and expects scikit-learn's wording",
+        _TABULAR + "; here one row, and expects scikit-learn's own error wording",
         _COMPAT + "test_empty_and_wrongly_shaped_input_are_clear_errors",
     ),
     "check_fit2d_predict1d": ReplacedCheck(
-        _TABULAR + ", then predicts on a 1-D row",
+        _TABULAR + "; here it predicts on a 1-D row",
         _COMPAT + "test_empty_and_wrongly_shaped_input_are_clear_errors",
     ),
     "check_estimator_sparse_tag": ReplacedCheck(
-        _TABULAR + " (sparse) and expects scikit-learn's wording",
+        _TABULAR + "; here sparse, and expects scikit-learn's own error wording",
         _COMPAT + "test_sparse_matrices_are_refused",
     ),
     "check_estimator_sparse_array": ReplacedCheck(
-        _TABULAR + " (sparse) and expects scikit-learn's wording",
+        _TABULAR + "; here sparse, and expects scikit-learn's own error wording",
         _COMPAT + "test_sparse_matrices_are_refused",
     ),
     "check_estimator_sparse_matrix": ReplacedCheck(
-        _TABULAR + " (sparse) and expects scikit-learn's wording",
+        _TABULAR + "; here sparse, and expects scikit-learn's own error wording",
         _COMPAT + "test_sparse_matrices_are_refused",
     ),
     "check_pipeline_consistency": ReplacedCheck(
@@ -133,7 +133,7 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
         _PERSISTENCE + "test_joblib_round_trip_gives_identical_scores_and_maps",
     ),
     "check_f_contiguous_array_estimator": ReplacedCheck(
-        _TABULAR + " (Fortran-ordered)",
+        _TABULAR + "; here Fortran-ordered",
         _COMPAT + "test_memory_layout_does_not_change_scores",
     ),
     "check_array_api_input": ReplacedCheck(
@@ -146,11 +146,11 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
         _COMPAT + "test_fit_predict_equals_fit_then_predict",
     ),
     "check_outliers_train": ReplacedCheck(
-        _TABULAR + " and asks for contamination-exact training-set proportions",
+        _TABULAR + "; here it also asks that contamination set the exact fraction of training outliers",
         _COMPAT + "test_outlier_methods_agree_in_shape_type_and_sign",
     ),
     "check_classifier_data_not_an_array": ReplacedCheck(
-        _TABULAR + " wrapped in a non-array sequence type",
+        _TABULAR + "; here wrapped in a non-array sequence type",
         _COMPAT + "test_lists_and_arrays_give_the_same_scores",
     ),
     "check_non_transformer_estimators_n_iter": ReplacedCheck(

@@ -8,6 +8,7 @@ backbone trained for three epochs separates them perfectly at 32 pixels.
 import inspect
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -516,3 +517,24 @@ def test_transformer_parameters_are_validated():
         CropResize(size=(0, 4)).fit_transform(images)
     with pytest.raises(ValueError, match="contains no images"):
         GreyConverter().fit_transform(images[:0])
+
+
+# ---------------------------------------------------------------------- the conventions page
+
+CONVENTIONS = Path(__file__).parents[1] / "docs" / "conventions.md"
+
+
+def test_conventions_page_lists_every_replaced_check_with_its_replacement():
+    text = CONVENTIONS.read_text()
+    for name, replaced in CHECKS_REPLACED_FOR_IMAGES.items():
+        assert f"| `{name}` | {replaced.reason} |" in text, f"{name} is missing from docs/conventions.md"
+        assert replaced.replacement.split("::")[1] in text
+
+
+@pytest.mark.slow
+def test_conventions_page_snippets_run():
+    snippets = re.findall(r"```python\n(.*?)```", CONVENTIONS.read_text(), flags=re.DOTALL)
+    assert len(snippets) >= 8
+    namespace = {}
+    for snippet in snippets:
+        exec(compile(snippet, str(CONVENTIONS), "exec"), namespace)
