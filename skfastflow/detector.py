@@ -129,6 +129,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         Held-out good images.
     device_ : torch.device
         Device the model runs on.
+    colour_mode_ : {"grey", "colour", "mixed"}
+        Whether the good training images were all grey (one channel, or three equal
+        channels), all colour, or both. A detector fitted on grey images refuses colour
+        images with a ``ValueError``; one fitted on colour images warns about grey images.
 
     See Also
     --------
@@ -247,6 +251,18 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         -------
         self : FastFlowDetector
             The fitted detector.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For unusable images or labels; the message names the problem and the fix.
+        FloatingPointError
+            When the training loss or the held-out scores become NaN or infinite.
+
+        Notes
+        -----
+        The new model is built aside and replaces the old one only when training ends, so an
+        error or a ``KeyboardInterrupt`` leaves a previously fitted detector unchanged.
         """
         input_size = self._check_input_size()
         images = ImageCollection(X)
@@ -269,6 +285,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
                 hidden_ratio=self.hidden_ratio,
                 weights=self.weights,
             )
+        if all(height == 1 and width == 1 for _, height, width in model.feature_shapes):
+            raise ValueError(
+                f"input_size={input_size} is too small for backbone {self.backbone!r}: every feature map is 1x1, so "
+                "anomaly maps would be constant. Use a larger input_size (256 is usual; source images of any size "
+                "are resized to it)."
+            )
         model.to(device)
         train_features = self._feature_source(model, images, train_indices, device)
         validation_features = CachedFeatures(StreamedFeatures(model, images, validation_indices, device), self.batch_size)
@@ -276,6 +298,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
 
         model.eval()
         validation_scores = self._scores_from_features(model, validation_features)
+        if not np.isfinite(validation_scores).all():
+            # A model that scores NaN would silently call every image an inlier.
+            raise FloatingPointError(
+                f"The trained model gives non-finite scores to held-out good images (epoch {history['best_epoch']}); "
+                f"lower learning_rate_init (now {self.learning_rate_init}) or check the images for constant or corrupt content."
+            )
         self.model_ = model
         self._fitted_model_config = self._model_config(input_size)
         self.device_ = device
@@ -287,6 +315,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.n_train_samples_ = len(train_indices)
         self.n_validation_samples_ = len(validation_indices)
         self.offset_ = self._offset_from(validation_scores)
+        self.colour_mode_ = images.colour_mode
         return self
 
     def _check_input_size(self) -> tuple[int, int]:
@@ -411,10 +440,14 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             ]
         return -torch.cat(maps).flatten(1).amax(dim=1).double().cpu().numpy()
 
+    def _fitted_colour_mode(self) -> str | None:
+        # Detectors pickled before colour_mode_ existed skip the check.
+        return getattr(self, "colour_mode_", None)
+
     def _anomaly_maps(self, X):
         """Yield ``(ImageBatch, maps (n, 1, H, W))`` batch by batch at ``input_size``: the one scorer."""
         check_is_fitted(self)
-        images = ImageCollection(X)
+        images = ImageCollection(X, fitted_colour_mode=self._fitted_colour_mode())
         extractor = self.model_.feature_extractor
         with torch.inference_mode():
             for batch in images.batches(self.batch_size, self.model_.input_size, extractor.mean, extractor.std):
@@ -505,7 +538,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        images = ImageCollection(X)
+        images = ImageCollection(X, fitted_colour_mode=self._fitted_colour_mode())
         features = StreamedFeatures(self.model_, images, np.arange(len(images)), self.device_)
         return float(np.mean(self._log_likelihoods(self.model_, features)))
 

@@ -10,12 +10,18 @@ Accepted ``X``:
 Pixel values: ``uint8`` 0..255, ``uint16`` 0..65535 (16-bit cameras), other integer types
 holding 0..255, or floats in [0, 1]. Anything else is refused with a message that says how
 to fix it, before any model work starts. Paths and PIL images are read lazily, one batch at
-a time, so that large collections stream with bounded memory.
+a time, so that large collections stream with bounded memory; a file that turns out to be
+unreadable then fails with a message naming it.
+
+Each image is also classed as grey (one channel, or three channels that agree within
+``GREY_TOLERANCE``) or colour, so that a detector can refuse colour images it never learned
+(see :class:`ImageCollection`). docs/errors.md lists every message and its fix.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,11 +37,24 @@ except ImportError:  # pragma: no cover - Pillow ships with torchvision/timm ins
 
 _CHANNEL_COUNTS = (1, 3, 4)
 
+# Largest channel difference (on the 0..1 scale) of an image that still counts as grey: a
+# grey picture saved as RGB JPEG comes back with channels a level or two apart.
+GREY_TOLERANCE = 4.0 / 255.0
+
 
 def _describe(X) -> str:
     if isinstance(X, np.ndarray):
         return f"array of shape {X.shape} and dtype {X.dtype}"
     return type(X).__name__
+
+
+def _conversion_hint(X) -> str:
+    """How to turn a commonly passed but unsupported object into accepted input."""
+    if isinstance(X, torch.Tensor):
+        return " For a torch tensor (N, C, H, W), pass X.permute(0, 2, 3, 1).cpu().numpy()."
+    if isinstance(X, (list, tuple)):
+        return " For nested lists of pixel values, pass np.asarray(X, dtype=np.uint8)."
+    return ""
 
 
 def _pixel_scale(array: np.ndarray, where: str) -> float:
@@ -44,6 +63,15 @@ def _pixel_scale(array: np.ndarray, where: str) -> float:
     if array.dtype == np.uint8:
         return 255.0
     if array.dtype == np.uint16:
+        if array.size and 0 < array.max() <= 255:
+            # Read as 0..65535 these images are nearly black; almost surely 8-bit data (all-zero
+            # images are black on any scale, so they pass silently).
+            warnings.warn(
+                "Images of dtype uint16 are read as 16-bit (0..65535), but these hold no value above 255 and "
+                "so look almost black; if they are 8-bit images, convert them with X.astype(np.uint8).",
+                UserWarning,
+                stacklevel=4,
+            )
         return 65535.0
     if kind == "b":
         raise TypeError(f"{where} has boolean pixels; convert to uint8 (0..255) or float (0..1), e.g. X.astype(np.uint8) * 255.")
@@ -82,21 +110,39 @@ def _channels_last_rgb(array: np.ndarray, where: str) -> np.ndarray:
         if array.shape[0] in _CHANNEL_COUNTS:
             raise ValueError(f"{where} has shape {array.shape}, which looks channels-first; pass it as array.transpose(1, 2, 0).")
         raise ValueError(f"{where} has {channels} channels; images must have 1 (grey), 3 (RGB) or 4 (RGBA) channels.")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{where} is an empty image of height {array.shape[0]} and width {array.shape[1]}; remove it from X.")
     if channels == 4:  # RGBA: the alpha channel carries no appearance
         array = array[:, :, :3]
     return array
 
 
-def _read_image_file(path: str) -> np.ndarray:
-    """Read an image file into an array, naming the file in any error."""
+def _check_path(path: str, where: str = "") -> None:
+    """Refuse a path that is not a file, before any file is read."""
+    where = f"{where}: " if where else ""
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{where}{path!r} is a folder, not an image file; pass the image files in it, "
+            f"e.g. sorted(pathlib.Path({path!r}).glob('*.png'))."
+        )
     if not os.path.isfile(path):
-        raise ValueError(f"Image file {path!r} does not exist; check the path.")
+        raise ValueError(f"{where}image file {path!r} does not exist; check the path.")
+
+
+def _read_image_file(path: str, where: str = "") -> np.ndarray:
+    """Read an image file into an array, naming the file (and ``where``, its place in X) in any error."""
+    _check_path(path, where)
+    where = f"{where}: " if where else ""
     try:
         with Image.open(path) as image:
             image.load()
             return _pil_to_array(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"Cannot read image file {path!r} ({error}); it is not an image or it is truncated.") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        # Pillow reports unknown formats, truncated and corrupt data with all of these types.
+        raise ValueError(
+            f"{where}cannot read image file {path!r} ({error}); it is not an image, or it is truncated or "
+            "corrupt. Replace the file or remove it from X."
+        ) from error
 
 
 def _pil_to_array(image) -> np.ndarray:
@@ -110,13 +156,22 @@ def _pil_to_array(image) -> np.ndarray:
     return np.asarray(image)
 
 
+def _grey_flags(tensor: torch.Tensor) -> np.ndarray:
+    """Whether each image of ``tensor`` (n, C, H, W) in [0, 1] is grey (see ``GREY_TOLERANCE``)."""
+    if tensor.shape[1] == 1:
+        return np.ones(tensor.shape[0], dtype=bool)
+    spread = (tensor.amax(dim=1) - tensor.amin(dim=1)).flatten(1).amax(dim=1)
+    return (spread <= GREY_TOLERANCE).cpu().numpy()
+
+
 @dataclass
 class ImageBatch:
-    """A batch of backbone-ready images and the original size of each."""
+    """A batch of backbone-ready images, the original size of each, and which are grey."""
 
     indices: np.ndarray
     tensor: torch.Tensor  # (n, 3, H, W) float32, normalised
     original_sizes: list[tuple[int, int]]
+    is_grey: np.ndarray  # (n,) bool
 
 
 class ImageCollection:
@@ -132,10 +187,24 @@ class ImageCollection:
         See the module docstring.
     name : str, default="X"
         Name used in error messages.
+    fitted_colour_mode : {"grey", "colour", "mixed"} or None, default=None
+        :attr:`colour_mode` of the images a detector was fitted on. With ``"grey"``, a colour
+        image raises ``ValueError`` (the model never saw colour, its score would be
+        meaningless); with ``"colour"``, a grey image gives a ``UserWarning`` (a neutral
+        colour image is grey too, so it may be legitimate). ``"mixed"`` or None: no check.
+
+    Attributes
+    ----------
+    colour_mode : {"grey", "colour", "mixed"} or None
+        Whether the images yielded so far by :meth:`batches` were all grey, all colour, or
+        both; None before any was yielded.
     """
 
-    def __init__(self, X, name: str = "X") -> None:
+    def __init__(self, X, name: str = "X", fitted_colour_mode: str | None = None) -> None:
         self.name = name
+        self.fitted_colour_mode = fitted_colour_mode
+        self.colour_mode = None
+        self._warned_grey = False
         if Image is not None and isinstance(X, Image.Image):
             raise TypeError(f"{name} is a single PIL image; pass a list of images, e.g. [image].")
         if isinstance(X, (str, os.PathLike)):
@@ -144,13 +213,19 @@ class ImageCollection:
             self._stack = self._check_stack(X)
             self._items = None
             self.n_images = X.shape[0]
+        elif isinstance(X, np.ndarray) and X.dtype == object and X.ndim > 1:
+            raise TypeError(
+                f"{name} ({_describe(X)}) holds Python objects; convert it to numbers, e.g. X.astype(np.uint8) "
+                "for 0..255 pixels or X.astype(np.float32) for 0..1 pixels."
+            )
         elif isinstance(X, (list, tuple, np.ndarray)):
             self._stack = None
             self._items = [self._check_item(item, index) for index, item in enumerate(X)]
             self.n_images = len(self._items)
         else:
             raise TypeError(
-                f"{name} is a {type(X).__name__}; pass a numpy array (N, H, W[, C]) or a list of arrays, PIL images or paths."
+                f"{name} is a {type(X).__name__}; pass a numpy array (N, H, W[, C]) or a list of arrays, PIL images "
+                f"or paths.{_conversion_hint(X)}"
             )
         if self.n_images == 0:
             raise ValueError(f"{name} contains no images; pass at least one image.")
@@ -174,6 +249,8 @@ class ImageCollection:
             raise ValueError(f"{where} has {X.shape[-1]} channels; images must have 1 (grey), 3 (RGB) or 4 (RGBA).")
         if X.shape[0] == 0:
             raise ValueError(f"{self.name} contains no images; pass at least one image.")
+        if X.shape[1] == 0 or X.shape[2] == 0:
+            raise ValueError(f"{where} holds empty images of height {X.shape[1]} and width {X.shape[2]}; pass real images.")
         self._scale = _pixel_scale(X, where)  # the whole stack once, so errors come before training
         return X
 
@@ -181,27 +258,35 @@ class ImageCollection:
         where = f"{self.name}[{index}]"
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
-            if not os.path.isfile(path):
-                raise ValueError(f"{where}: image file {path!r} does not exist; check the path.")
+            _check_path(path, where)
             return path
         if Image is not None and isinstance(item, Image.Image):
             return item
-        if isinstance(item, np.ndarray) and item.dtype != object:
+        if isinstance(item, np.ndarray):
+            if item.dtype == object:
+                raise TypeError(
+                    f"{where} ({_describe(item)}) holds Python objects; convert it with np.asarray(item, dtype=np.uint8) "
+                    "for 0..255 pixels or dtype=np.float32 for 0..1 pixels."
+                )
             item = _channels_last_rgb(item, f"{where} ({_describe(item)})")
             _pixel_scale(item, where)
             return item
-        raise TypeError(f"{where} is a {type(item).__name__}; list items must be numpy arrays, PIL images or file paths.")
+        raise TypeError(
+            f"{where} is a {type(item).__name__}; list items must be numpy arrays, PIL images or file paths."
+            f"{_conversion_hint(item)}"
+        )
 
     def _load_item(self, index: int) -> torch.Tensor:
         """Return list item ``index`` as a float32 tensor (1, C, H, W) in [0, 1], C in {1, 3}."""
         item = self._items[index]
+        where = f"{self.name}[{index}]"
         if isinstance(item, str):
-            array = _read_image_file(item)
+            array = _read_image_file(item, where)
+            where = f"{where} (file {item!r})"
         elif isinstance(item, np.ndarray):
             array = item
         else:
             array = _pil_to_array(item)
-        where = f"{self.name}[{index}]"
         array = _channels_last_rgb(array, where)
         return _to_unit_float(array, _pixel_scale(array, where)).permute(2, 0, 1)[None]
 
@@ -224,10 +309,11 @@ class ImageCollection:
         for start in range(0, len(indices), batch_size):
             batch_indices = indices[start : start + batch_size]
             if self._stack is not None:
-                tensor, sizes = self._stack_batch(batch_indices, input_size)
+                tensor, sizes, is_grey = self._stack_batch(batch_indices, input_size)
             else:
-                tensor, sizes = self._item_batch(batch_indices, input_size)
-            yield ImageBatch(batch_indices, (tensor - mean_tensor) / std_tensor, sizes)
+                tensor, sizes, is_grey = self._item_batch(batch_indices, input_size)
+            self._check_colour(batch_indices, is_grey)
+            yield ImageBatch(batch_indices, (tensor - mean_tensor) / std_tensor, sizes, is_grey)
 
     def _stack_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
         pixels = self._stack[batch_indices]
@@ -235,15 +321,41 @@ class ImageCollection:
             pixels = pixels[..., None]
         tensor = _to_unit_float(pixels[..., :3], self._scale).permute(0, 3, 1, 2)
         sizes = [tuple(pixels.shape[1:3])] * len(batch_indices)
-        return _to_rgb(_resize(tensor, input_size)), sizes
+        return _to_rgb(_resize(tensor, input_size)), sizes, _grey_flags(tensor)
 
     def _item_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
-        tensors, sizes = [], []
+        tensors, sizes, is_grey = [], [], []
         for index in batch_indices:
             image = self._load_item(int(index))
             sizes.append(tuple(image.shape[2:]))
+            is_grey.append(_grey_flags(image)[0])
             tensors.append(_to_rgb(_resize(image, input_size)))
-        return torch.cat(tensors), sizes
+        return torch.cat(tensors), sizes, np.array(is_grey, dtype=bool)
+
+    def _check_colour(self, batch_indices: np.ndarray, is_grey: np.ndarray) -> None:
+        """Record grey/colour of a batch; refuse or flag images unlike the fitted ones."""
+        batch_mode = "grey" if is_grey.all() else "colour" if not is_grey.any() else "mixed"
+        if self.colour_mode is None or self.colour_mode == batch_mode:
+            self.colour_mode = batch_mode
+        else:
+            self.colour_mode = "mixed"
+        if self.fitted_colour_mode == "grey" and not is_grey.all():
+            index = int(batch_indices[np.flatnonzero(~is_grey)[0]])
+            raise ValueError(
+                f"{self.name}[{index}] is a colour image, but the detector was fitted on grey images only, so its "
+                "score would be meaningless. Convert the images to grey (PIL: image.convert('L'); numpy: "
+                "X.mean(axis=-1)), or refit the detector on colour images."
+            )
+        if self.fitted_colour_mode == "colour" and is_grey.any() and not self._warned_grey:
+            self._warned_grey = True
+            index = int(batch_indices[np.flatnonzero(is_grey)[0]])
+            warnings.warn(
+                f"{self.name}[{index}] is a grey image, but the detector was fitted on colour images only; grey "
+                "images tend to score as anomalous. Pass colour images, or refit on grey images if the camera "
+                "now delivers grey.",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -87,10 +87,10 @@ class FastflowModel(nn.Module):
         try:
             with torch.no_grad():
                 features = self.feature_extractor(torch.zeros(1, 3, *self.input_size))
-        except RuntimeError as error:
+        except (RuntimeError, AssertionError) as error:  # timm asserts patch divisibility for transformers
             raise ValueError(
-                f"input_size={self.input_size} is too small for backbone "
-                f"{self.feature_extractor.backbone_name!r} ({error}). Use a larger input_size."
+                f"input_size={self.input_size} does not fit backbone {self.feature_extractor.backbone_name!r} "
+                f"({error}). Use a larger input_size; for a transformer, a multiple of its patch size."
             ) from error
         shapes = [tuple(int(v) for v in feature.shape[1:]) for feature in features]
         for channels, height, width in shapes:

@@ -1,0 +1,370 @@
+"""What the detector does with bad input, training faults and many images.
+
+Every public method refuses unusable input with ``ValueError``/``TypeError`` naming the
+problem and the fix (never a torch or PIL traceback, never silently wrong scores); a failed
+or interrupted ``fit`` leaves the detector as it was; ``predict_maps`` streams files in
+batches. docs/errors.md describes the same behaviour for users.
+"""
+
+import copy
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from skfastflow import FastFlowDetector
+from skfastflow import images as images_module
+from skfastflow.nn import FastflowLoss
+
+FAST = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, batch_size=4, random_state=0)
+METHODS = ["fit", "score_samples", "decision_function", "predict", "predict_maps", "score"]
+
+
+def colour_images(n, seed=0, size=32):
+    return np.random.default_rng(seed).integers(60, 200, size=(n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def colour_detector():
+    return FastFlowDetector(**FAST).fit(colour_images(8))
+
+
+@pytest.fixture(scope="module")
+def grey_detector():
+    return FastFlowDetector(**FAST).fit(colour_images(8)[..., 0])
+
+
+def call(detector, method, X):
+    if method == "fit":
+        return clone(detector).fit(X)
+    return getattr(detector, method)(X)
+
+
+def fitted_state(detector):
+    """Everything fit sets, with tensors copied, to compare before and after a failure."""
+    state = {k: v for k, v in vars(detector).items() if k.endswith("_") and k != "model_"}
+    return state, {k: v.clone() for k, v in detector.model_.state_dict().items()}
+
+
+def assert_unchanged(detector, before, X):
+    state, weights = fitted_state(detector)
+    assert state.keys() == before[0].keys()
+    for key, value in before[0].items():
+        assert str(state[key]) == str(value), key
+    for key, value in before[1].items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+    assert np.isfinite(detector.score_samples(X)).all()
+
+
+# ----------------------------------------------------------------- bad input, every method
+
+BAD_INPUTS = {
+    "one image without batch axis": (np.zeros((32, 32, 3), np.uint8), ValueError, r"X\[np.newaxis\]"),
+    "five dimensions": (np.zeros((2, 2, 8, 8, 3), np.uint8), ValueError, "dimensions"),
+    "two channels": (np.zeros((2, 8, 8, 2), np.uint8), ValueError, "2 channels"),
+    "channels first": (np.zeros((2, 3, 16, 16), np.uint8), ValueError, "channels-first"),
+    "bool": (np.zeros((2, 8, 8, 3), bool), TypeError, r"boolean.*astype\(np.uint8\)"),
+    "int64 beyond 255": (np.full((2, 8, 8, 3), 300, np.int64), ValueError, r"outside 0\.\.255"),
+    "complex": (np.zeros((2, 8, 8, 3), np.complex128), TypeError, "complex128.*not an image type"),
+    "object": (np.zeros((2, 8, 8, 3), object), TypeError, "Python objects"),
+    "float 0..255": (np.full((2, 8, 8, 3), 128.0), ValueError, "divide by 255"),
+    "negative floats": (np.full((2, 8, 8, 3), -0.5), ValueError, r"rescale to \[0, 1\]"),
+    "NaN": (np.full((2, 8, 8, 3), np.nan), ValueError, "NaN or infinite"),
+    "inf in a list": ([np.zeros((8, 8)), np.full((8, 8), np.inf)], ValueError, r"X\[1\].*NaN or infinite"),
+    "empty array": (np.zeros((0, 8, 8, 3), np.uint8), ValueError, "no images"),
+    "empty list": ([], ValueError, "no images"),
+    "zero-width image": ([np.zeros((8, 0, 3), np.uint8)], ValueError, "empty image"),
+    "None": (None, TypeError, "NoneType"),
+    "torch tensor": (torch.zeros(2, 3, 8, 8), TypeError, "permute"),
+    "nested lists": (np.zeros((2, 8, 8), np.uint8).tolist(), TypeError, "np.asarray"),
+    "single path": ("image.png", TypeError, "single path"),
+    "missing path": (["does/not/exist.png"], ValueError, r"X\[0\]: image file 'does/not/exist.png' does not exist"),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_a_clear_error_from_every_method(colour_detector, method, case):
+    X, error, message = BAD_INPUTS[case]
+    with pytest.raises(error, match=message):
+        call(colour_detector, method, X)
+
+
+@st.composite
+def unusable_arrays(draw):
+    """Arrays wrong in exactly one way, each with the error it must raise."""
+    n, height, width = draw(st.integers(1, 3)), draw(st.integers(5, 12)), draw(st.integers(5, 12))
+    fault = draw(st.sampled_from(["ndim", "channels", "dtype", "range", "nonfinite"]))
+    if fault == "ndim":
+        return np.zeros((n, height, width, 3, 1), np.uint8), ValueError
+    if fault == "channels":
+        return np.zeros((n, height, width, draw(st.sampled_from([2, 5, 6]))), np.uint8), ValueError
+    if fault == "dtype":
+        return np.zeros((n, height, width, 3), draw(st.sampled_from([bool, np.complex64, object]))), TypeError
+    X = np.full((n, height, width, 3), 0.5)
+    position = draw(st.integers(0, X.size - 1))
+    X.flat[position] = draw(st.sampled_from([1.5, 255.0, -0.1])) if fault == "range" else draw(st.sampled_from([np.nan, np.inf]))
+    return X, ValueError
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(unusable_arrays(), st.sampled_from(METHODS), st.booleans())
+def test_unusable_arrays_never_reach_torch(colour_detector, array_and_error, method, as_list):
+    X, error = array_and_error
+    X = list(X) if as_list and X.ndim == 4 and X.dtype != object else X
+    with pytest.raises(error, match="X"):
+        call(colour_detector, method, X)
+
+
+@pytest.fixture
+def broken_files(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(colour_images(1)[0]).save(good)
+    content = good.read_bytes()
+    files = {"truncated": content[: len(content) // 2], "not an image": b"hello", "empty": b""}
+    for name, data in files.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+    return good, [tmp_path / f"{name}.png" for name in files]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unreadable_files_name_the_file(colour_detector, broken_files, method):
+    good, broken = broken_files
+    for path in broken:
+        with pytest.raises(ValueError, match=rf"X\[2\]: cannot read image file '.*{path.name}'"):
+            call(colour_detector, method, [good, good, path, good])
+
+
+def test_a_folder_is_refused_with_the_glob_fix(colour_detector, tmp_path):
+    with pytest.raises(ValueError, match="is a folder.*glob"):
+        colour_detector.predict_maps([tmp_path])
+
+
+def test_fit_needs_two_good_images():
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        FastFlowDetector(**FAST).fit(colour_images(1))
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        FastFlowDetector(**FAST).fit(colour_images(3), y=[1, -1, -1])
+
+
+# ----------------------------------------------------------------- input that works
+
+def test_one_image_is_scored(colour_detector):
+    X = colour_images(3, seed=1)
+    assert colour_detector.score_samples(X[:1])[0] == pytest.approx(colour_detector.score_samples(X)[0], abs=1e-6)
+    assert colour_detector.predict_maps(X[:1]).shape == (1, 32, 32)
+
+
+def test_equivalent_encodings_give_the_same_scores(colour_detector):
+    X = colour_images(4, seed=1)
+    expected = colour_detector.score_samples(X)
+    rgba = np.concatenate([X, np.full((*X.shape[:3], 1), 17, np.uint8)], axis=-1)
+    for same in [rgba, X.astype(np.int64), X / 255.0, (X / 255.0).astype(np.float32), list(X), list(rgba)]:
+        np.testing.assert_allclose(colour_detector.score_samples(same), expected, atol=1e-5)
+
+
+def test_paths_arrays_and_pil_images_mix(colour_detector, tmp_path):
+    X = colour_images(3, seed=2)
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    mixed = [paths[0], X[1], Image.fromarray(X[2])]
+    np.testing.assert_allclose(colour_detector.score_samples(mixed), colour_detector.score_samples(X), atol=1e-6)
+
+
+def test_mixed_and_tiny_sizes_give_maps_at_each_images_size(colour_detector):
+    rng = np.random.default_rng(3)
+    X = [rng.integers(60, 200, size=shape, dtype=np.uint8) for shape in [(40, 24, 3), (1, 1, 3), (2, 3, 3), (32, 32, 3)]]
+    maps = colour_detector.predict_maps(X)
+    assert [m.shape for m in maps] == [(40, 24), (1, 1), (2, 3), (32, 32)]
+    assert all(np.isfinite(m).all() for m in maps)
+    assert np.isfinite(colour_detector.score(X))
+
+
+# ----------------------------------------------------------------- grey and colour
+
+@pytest.mark.parametrize("method", ["score_samples", "decision_function", "predict", "predict_maps", "score"])
+def test_grey_detector_refuses_colour_images(grey_detector, method):
+    assert grey_detector.colour_mode_ == "grey"
+    with pytest.raises(ValueError, match=r"X\[0\] is a colour image.*fitted on grey"):
+        getattr(grey_detector, method)(colour_images(2, seed=4))
+
+
+def test_grey_detector_accepts_grey_stored_as_rgb(grey_detector):
+    grey = colour_images(3, seed=4)[..., 0]
+    as_rgb = np.repeat(grey[..., None], 3, axis=-1)
+    np.testing.assert_allclose(grey_detector.score_samples(as_rgb), grey_detector.score_samples(grey), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["score_samples", "predict_maps"])
+def test_colour_detector_warns_about_grey_images_but_scores_them(colour_detector, method):
+    assert colour_detector.colour_mode_ == "colour"
+    with pytest.warns(UserWarning, match=r"X\[0\] is a grey image.*fitted on colour"):
+        result = getattr(colour_detector, method)(colour_images(2, seed=5)[..., 0])
+    assert np.isfinite(result).all()
+
+
+def test_detector_fitted_on_both_accepts_both():
+    X = list(colour_images(2)) + list(colour_images(2, seed=1)[..., 0])
+    detector = FastFlowDetector(**{**FAST, "max_iter": 1}).fit(X)
+    assert detector.colour_mode_ == "mixed"
+    assert detector.predict(X).shape == (4,)
+
+
+# ----------------------------------------------------------------- input_size too small
+
+def test_input_size_giving_only_1x1_feature_maps_is_refused():
+    with pytest.raises(ValueError, match=r"input_size=\(4, 4\) is too small.*1x1.*larger input_size"):
+        FastFlowDetector(**{**FAST, "input_size": 4}).fit(colour_images(3))
+
+
+def test_transformer_input_size_not_a_multiple_of_the_patch_is_refused():
+    with pytest.raises(ValueError, match=r"input_size=\(24, 24\) does not fit backbone 'test_vit'.*patch size"):
+        FastFlowDetector(**{**FAST, "backbone": "test_vit", "input_size": 24}).fit(colour_images(3))
+
+
+def test_smallest_usable_input_size_works():
+    detector = FastFlowDetector(**{**FAST, "input_size": 8, "max_iter": 1}).fit(colour_images(4))
+    assert detector.predict_maps(colour_images(2, seed=1)).shape == (2, 32, 32)
+
+
+# ----------------------------------------------------------------- training faults
+
+class StopAtStep:
+    """Replacement for Adam.step raising KeyboardInterrupt at the given call (1-based)."""
+
+    def __init__(self, monkeypatch, at_call):
+        self.calls, self.at_call = 0, at_call
+        original = torch.optim.Adam.step
+
+        def step(optimizer, *args, **kwargs):
+            self.calls += 1
+            if self.calls == self.at_call:
+                raise KeyboardInterrupt
+            return original(optimizer, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+def test_keyboard_interrupt_mid_training_leaves_a_fitted_detector_unchanged(colour_detector, monkeypatch):
+    X = colour_images(8)
+    detector = copy.deepcopy(colour_detector)
+    before = fitted_state(detector)
+    stopper = StopAtStep(monkeypatch, at_call=3)  # 7 training images, batch_size 4: in epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        detector.set_params(max_iter=3).fit(colour_images(8, seed=9))
+    assert stopper.calls == 3
+    monkeypatch.undo()
+    assert_unchanged(detector, before, X)
+
+
+def test_keyboard_interrupt_leaves_a_new_detector_unfitted(monkeypatch):
+    StopAtStep(monkeypatch, at_call=1)
+    detector = FastFlowDetector(**FAST)
+    with pytest.raises(KeyboardInterrupt):
+        detector.fit(colour_images(6))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(detector)
+
+
+def test_exploding_training_stops_with_floating_point_error_naming_epoch_and_remedy():
+    # Adam with a learning rate of 1e4 overflows the flow in the second epoch.
+    detector = FastFlowDetector(**{**FAST, "max_iter": 3, "learning_rate_init": 1e4})
+    with pytest.raises(FloatingPointError, match=r"loss became (inf|nan) in epoch \d.*lower learning_rate_init \(now 10000.0\)"):
+        detector.fit(colour_images(8))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(detector)
+
+
+def test_non_finite_loss_leaves_a_fitted_detector_unchanged(colour_detector, monkeypatch):
+    X = colour_images(8)
+    detector = copy.deepcopy(colour_detector)
+    before = fitted_state(detector)
+    monkeypatch.setattr(FastflowLoss, "forward", lambda self, z, j: torch.tensor(float("nan")))
+    with pytest.raises(FloatingPointError, match="became nan in epoch 1"):
+        detector.fit(X)
+    monkeypatch.undo()
+    assert_unchanged(detector, before, X)
+
+
+def test_a_model_scoring_nan_is_never_returned(monkeypatch):
+    # Finite loss but NaN scores on held-out images (say, features that overflow only there).
+    monkeypatch.setattr(FastFlowDetector, "_scores_from_features", lambda self, model, features: np.full(len(features), np.nan))
+    detector = FastFlowDetector(**FAST)
+    with pytest.raises(FloatingPointError, match="non-finite scores to held-out good images"):
+        detector.fit(colour_images(6))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(detector)
+
+
+def test_failed_fit_on_a_corrupt_file_leaves_the_model_unchanged(colour_detector, broken_files):
+    good, broken = broken_files
+    X = colour_images(4, seed=6)
+    detector = copy.deepcopy(colour_detector)
+    before = fitted_state(detector)
+    with pytest.raises(ValueError, match="cannot read image file"):
+        detector.fit([good, good, broken[0]])
+    assert_unchanged(detector, before, X)
+
+
+def test_refit_replaces_the_model_as_a_fresh_fit_would(colour_detector):
+    grey = colour_images(6, seed=7)[..., 0]
+    refitted = copy.deepcopy(colour_detector)
+    changed = dict(input_size=40, max_iter=1, early_stopping=False, contamination=0.1)
+    refitted.set_params(**changed).fit(grey)
+    fresh = FastFlowDetector(**{**FAST, **changed}).fit(grey)
+    assert refitted.colour_mode_ == "grey"
+    assert refitted.model_.input_size == (40, 40)
+    assert (refitted.n_iter_, refitted.best_epoch_, refitted.n_train_samples_) == (1, 1, fresh.n_train_samples_)
+    assert refitted.loss_curve_ == fresh.loss_curve_
+    assert refitted.offset_ == fresh.offset_
+    np.testing.assert_array_equal(refitted.score_samples(grey), fresh.score_samples(grey))
+
+
+# ----------------------------------------------------------------- scale
+
+def test_predict_maps_streams_files_in_batches(colour_detector, tmp_path, monkeypatch):
+    n_images, batch_size = 200, 32
+    rng = np.random.default_rng(8)
+    paths = []
+    for i in range(n_images):
+        paths.append(tmp_path / f"{i:03d}.png")
+        Image.fromarray(rng.integers(60, 200, size=(8, 8, 3), dtype=np.uint8)).save(paths[-1])
+
+    # Probe: how many decoded images are alive at once, and how many files are read
+    # between two passes through the model.
+    events, alive, most_alive = [], [0], [0]
+    original_read = images_module._read_image_file
+
+    def counting_read(path, where=""):
+        array = original_read(path, where)
+        events.append("read")
+        alive[0] += 1
+        most_alive[0] = max(most_alive[0], alive[0])
+        weakref.finalize(array, lambda: alive.__setitem__(0, alive[0] - 1))
+        return array
+
+    detector = copy.deepcopy(colour_detector).set_params(batch_size=batch_size)
+    original_forward = detector.model_.forward
+
+    def counting_forward(images):
+        events.append("forward")
+        return original_forward(images)
+
+    monkeypatch.setattr(images_module, "_read_image_file", counting_read)
+    monkeypatch.setattr(detector.model_, "forward", counting_forward)
+    maps = detector.predict_maps(paths)
+
+    assert maps.shape == (n_images, 8, 8)
+    reads_between_forwards = [len(run) for run in "".join("r" if e == "read" else "|" for e in events).split("|")]
+    assert events.count("forward") == -(-n_images // batch_size)
+    assert max(reads_between_forwards) <= batch_size
+    assert most_alive[0] <= batch_size
