@@ -588,6 +588,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             self.model_ = persistence.model_from_state(model_state, self.device_)
             self._fitted_model_config = model_state["config"]
 
+
 def _holds_pixel_masks(y) -> bool:
     """Whether ``y`` is pixel masks (an (N, H, W) array or a list of 2-D arrays), not labels."""
     if isinstance(y, np.ndarray):

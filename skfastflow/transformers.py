@@ -48,8 +48,16 @@ def _validated_images(X):
     images = ImageCollection(X)
     if images._stack is not None:
         return images._stack
-    return [_read_image_file(item) if isinstance(item, str) else item if isinstance(item, np.ndarray) else _pil_to_array(item)
-            for item in images._items]
+    return [_item_as_array(item, f"X[{index}]") for index, item in enumerate(images._items)]
+
+
+def _item_as_array(item, where: str) -> np.ndarray:
+    """A validated list item (array, PIL image or path) as an array; files are read here."""
+    if isinstance(item, str):
+        return _read_image_file(item, where)
+    if isinstance(item, np.ndarray):
+        return item
+    return _pil_to_array(item)
 
 
 def _apply_to_images(X, transform_stack):

@@ -60,6 +60,14 @@ def test_pickling_leaves_the_detector_untouched(fitted, images):
     assert isinstance(fitted.model_, FastflowModel) and isinstance(fitted.device_, torch.device)
 
 
+def test_parameters_changed_after_fit_do_not_break_the_saved_model(fitted, images):
+    # The saved architecture is the fitted model's, not the current parameters'.
+    changed = pickle.loads(pickle.dumps(fitted)).set_params(flow_steps=4, hidden_ratio=0.5, input_size=64)
+    loaded = pickle.loads(pickle.dumps(changed))
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted.score_samples(images))
+    assert loaded.flow_steps == 4
+
+
 def test_unfitted_detector_round_trips_with_its_parameters():
     detector = FastFlowDetector("test_efficientnet", input_size=48, max_iter=7)
     loaded = pickle.loads(pickle.dumps(detector))

@@ -441,6 +441,16 @@ def test_grid_search_with_pixel_masks_as_y(data, fitted):
     assert search.best_score_ == pixel_roc_auc_score(masks, fitted.predict_maps(test))
 
 
+def test_pixel_masks_as_y_must_be_binary_and_one_per_image(data):
+    train, *_ = data
+    masks = np.zeros((len(train), SIZE, SIZE), np.uint8)
+    masks[0, :2, :2] = 255
+    with pytest.raises(ValueError, match="not binary.*pass mask > 0"):
+        FastFlowDetector(**TINY).fit(train, masks)
+    with pytest.raises(ValueError, match="one label per image"):
+        FastFlowDetector(**TINY).fit(train, masks[:3] > 0)
+
+
 # ---------------------------------------------------------------------- pipelines and transformers
 
 
