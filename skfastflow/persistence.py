@@ -11,8 +11,8 @@ self-contained file:
 - each tensor is stored once, as float32 (or the integer type of the buffer it comes from),
   with a SHA-256 checksum: damaged weights are refused instead of silently changing scores;
 - the file records the skfastflow, torch and timm versions and a format number. A file
-  written in a newer format than the installed skfastflow reads is refused with a message
-  saying which version to install.
+  from another ``major.minor`` release, or in a format this release does not read, is
+  refused with a message saying which version to install (or to refit).
 
 :func:`save` and :func:`load` wrap ``joblib`` for programs (the command line among them):
 ``save`` writes to a temporary file and renames it into place, so that an interrupted save
@@ -90,8 +90,16 @@ def _checksum(arrays: dict) -> str:
     return digest.hexdigest()
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as ``"0.1.0"`` or ``"0.2.0.dev1"``."""
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
+
+
 def check_readable(state: dict) -> None:
-    """Raise :class:`ModelFileError` when a pickled detector's format cannot be read here.
+    """Raise :class:`ModelFileError` when a pickled detector cannot be read by this skfastflow.
+
+    A file is read when it was written by the same ``major.minor`` release (before 1.0, a
+    minor release may change what a fitted detector holds) in a format this release reads.
 
     Parameters
     ----------
@@ -99,23 +107,25 @@ def check_readable(state: dict) -> None:
         The unpickled ``__dict__`` of a detector, before it is restored.
     """
     saved_format = state.get("_skfastflow_format")
-    saved_version = state.get("_skfastflow_version", "unknown")
-    if saved_format is None:
+    saved_version = state.get("_skfastflow_version")
+    if saved_format is None or saved_version is None:
         raise ModelFileError(
-            f"This FastFlowDetector was pickled by skfastflow {saved_version}, before model files recorded "
-            f"a format; skfastflow {__version__} cannot read it. Refit the detector."
+            f"This FastFlowDetector was pickled by skfastflow {saved_version or 'before 0.1'}, before model files "
+            f"recorded a format; skfastflow {__version__} cannot read it. Refit the detector."
         )
-    if saved_format > FORMAT_VERSION:
+    saved, installed = (_release(saved_version), saved_format), (_release(__version__), FORMAT_VERSION)
+    if saved[0] == installed[0] and _OLDEST_READABLE_FORMAT <= saved_format <= FORMAT_VERSION:
+        return
+    if saved > installed:
         raise ModelFileError(
-            f"This FastFlowDetector was saved by skfastflow {saved_version} in model-file format {saved_format}, "
+            f"This FastFlowDetector was saved by skfastflow {saved_version} (model-file format {saved_format}), "
             f"newer than the installed skfastflow {__version__} reads (format {FORMAT_VERSION}); "
             f"upgrade with `pip install skfastflow>={saved_version}`."
         )
-    if saved_format < _OLDEST_READABLE_FORMAT:
-        raise ModelFileError(
-            f"This FastFlowDetector was saved by skfastflow {saved_version} in model-file format {saved_format}, "
-            f"which skfastflow {__version__} no longer reads; load it with skfastflow=={saved_version} or refit."
-        )
+    raise ModelFileError(
+        f"This FastFlowDetector was saved by skfastflow {saved_version} (model-file format {saved_format}), which "
+        f"skfastflow {__version__} no longer reads; load it with skfastflow=={saved_version}, or refit."
+    )
 
 
 def model_from_state(state: dict, device: torch.device):

@@ -155,11 +155,25 @@ def test_file_from_a_newer_format_is_refused_with_the_version_to_install(fitted,
         joblib.load(path)
 
 
-def test_file_in_a_format_no_longer_read_is_refused(fitted):
+@pytest.mark.parametrize("saved_version, saved_format", [("0.0.1", persistence.FORMAT_VERSION), (skfastflow.__version__, 0)])
+def test_file_from_an_older_release_or_format_is_refused(fitted, saved_version, saved_format):
     state = fitted.__getstate__()
-    state["_skfastflow_format"] = 0
-    with pytest.raises(ModelFileError, match="no longer reads"):
+    state["_skfastflow_version"], state["_skfastflow_format"] = saved_version, saved_format
+    with pytest.raises(ModelFileError, match=rf"saved by skfastflow {saved_version}.*no longer reads.*or refit"):
         FastFlowDetector.__new__(FastFlowDetector).__setstate__(state)
+
+
+def test_file_from_a_later_patch_release_loads(fitted, images):
+    state = fitted.__getstate__()
+    major, minor, *_ = skfastflow.__version__.split(".")
+    state["_skfastflow_version"] = f"{major}.{minor}.99"
+    loaded = FastFlowDetector.__new__(FastFlowDetector)
+    loaded.__setstate__(state)
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted.score_samples(images))
+
+
+def test_file_pickled_before_formats_existed_is_refused(fitted):
+    state = fitted.__getstate__()
     del state["_skfastflow_format"]
     with pytest.raises(ModelFileError, match="Refit"):
         FastFlowDetector.__new__(FastFlowDetector).__setstate__(state)
