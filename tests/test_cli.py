@@ -46,7 +46,7 @@ def mvtec_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fit_run(mvtec_dir, tmp_path_factory):
     model_path = tmp_path_factory.mktemp("model") / "model.joblib"
-    process = run_cli("fit", mvtec_dir, "--out", model_path, *TINY_FIT)
+    process = run_cli("fit", mvtec_dir, "--out", model_path, "--validation-fraction", "0.25", "--contamination", "0.1", *TINY_FIT)
     return process, model_path
 
 
@@ -59,8 +59,10 @@ def test_fit_trains_on_train_good_and_says_where_the_model_went(fit_run, mvtec_d
     assert f"Model saved to {model_path}" in process.stdout
     assert str(mvtec_dir / "train" / "good") in process.stdout
     detector = load_model(model_path)
-    assert detector.n_train_samples_ + detector.n_validation_samples_ == N_TRAIN
-    assert detector.backbone == "test_resnet" and detector.input_size == 64
+    assert (detector.n_train_samples_, detector.n_validation_samples_) == (N_TRAIN - 2, 2)
+    assert detector.backbone == "test_resnet" and detector.input_size == 64 and detector.contamination == 0.1
+    # Two held-out images make a rough threshold, and fit says so.
+    assert "only 2 held-out good images" in process.stderr
 
 
 def test_predict_prints_one_verdict_per_image_and_writes_csv_and_overlays(fit_run, mvtec_dir, tmp_path):
@@ -154,7 +156,7 @@ def test_missing_model_file(capsys, tmp_path):
 def test_file_that_is_not_a_model(capsys, tmp_path):
     (tmp_path / "model.joblib").write_text("hello")
     status, err = error_of(capsys, "predict", tmp_path / "model.joblib", tmp_path)
-    assert status == 2 and "cannot load model file" in err
+    assert status == 2 and "cannot load" in err.lower() and "model.joblib" in err
 
 
 def test_model_file_from_another_version(capsys, tmp_path, monkeypatch, fit_run):
@@ -184,11 +186,27 @@ def test_evaluate_on_a_folder_without_mvtec_layout(capsys, tmp_path, fit_run):
     assert status == 2 and "MVTec AD layout" in err
 
 
-def test_bad_option_value_is_an_argparse_error(capsys):
+def test_threads_option_sets_torch_threads_before_any_work(capsys, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    status, _ = error_of(capsys, "predict", tmp_path / "model.joblib", tmp_path, "--threads", "1")
+    assert calls == [1] and status == 2
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--epochs", "0", "positive whole number"),
+        ("--validation-fraction", "1.5", "between 0 and 1"),
+        ("--contamination", "0.7", "'auto' or a number in (0, 0.5]"),
+        ("--input-size", "64x", "HEIGHTxWIDTH"),
+    ],
+)
+def test_bad_option_value_is_an_argparse_error(capsys, option, value, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", ".", "--epochs", "0"])
+        main(["fit", ".", option, value])
     assert exit_info.value.code == 2
-    assert "positive whole number" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- building blocks
