@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, persistence
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
@@ -294,36 +294,31 @@ def training_images(data_dir: str | os.PathLike) -> tuple[Path, list[Path]]:
 
 
 def save_model(detector, path: str | os.PathLike) -> Path:
-    """Write ``detector`` atomically with :func:`skfastflow.persistence.save`, creating the folder.
+    """Write ``detector`` atomically with :func:`skfastflow.persistence.save`, creating its folder.
 
     Returns
     -------
     path : Path
         The absolute path written.
     """
-    from .persistence import save
-
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save(detector, path)
+    persistence.save(detector, path)
     return path
 
 
 def load_model(path: str | os.PathLike):
-    """Read a detector with :func:`skfastflow.persistence.load`, saying how to make a missing one.
+    """Read a detector with :func:`skfastflow.persistence.load`; a missing file says how to make one.
 
     Raises
     ------
     ValueError
-        If the file is missing; :class:`~skfastflow.persistence.ModelFileError` (a
-        ValueError) if it is not a model file or comes from an incompatible version.
+        If the file is missing, is not a model file, or comes from an incompatible version.
     """
-    from .persistence import load
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file {str(path)!r} does not exist; train one with: skfastflow fit DATA_DIR --out {path}")
-    return load(path)
+    return persistence.load(path)
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
