@@ -21,7 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from skfastflow import FastFlowDetector
 from skfastflow import images as images_module
-from skfastflow.cli import main, save_model
+from skfastflow import persistence
+from skfastflow.cli import main
 from skfastflow.nn import FastflowLoss, FastflowModel
 
 FAST = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, batch_size=4, random_state=0)
@@ -391,7 +392,8 @@ def test_predict_maps_streams_files_in_batches(colour_detector, tmp_path, stream
 @pytest.fixture
 def model_file(tmp_path):
     def save(detector):
-        return save_model(detector, tmp_path / "model.joblib")
+        persistence.save(detector, tmp_path / "model.joblib")
+        return tmp_path / "model.joblib"
 
     return save
 
