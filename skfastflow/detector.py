@@ -14,15 +14,21 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from . import __version__
+from . import __version__, persistence
 from .features import CachedFeatures, StreamedFeatures
 from .images import ImageCollection, resize_maps
+from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
 from .nn.model import as_size_pair
 
 # A normal image scores below offset_ with about this probability under contamination="auto"
 # (z = 2.576 is the 0.5 % lower tail of a normal distribution).
 _AUTO_Z = 2.576
+# Fewer held-out scores than this cannot estimate their spread (the relative error of a
+# standard deviation is about 1 / sqrt(2 (n - 1)): 71 % from 2 scores, 24 % from 10), and
+# 2.576 noisy deviations below the mean fell below every defect on glass (docs/quality.md);
+# "auto" then uses the lowest held-out score instead.
+_AUTO_MIN_HELD_OUT = 10
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -69,8 +75,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         Use 3x3 convolutions in every coupling subnet (else alternate 3x3 and 1x1).
     hidden_ratio : float, default=1.0
         Ratio of hidden to input channels in the coupling subnets.
-    max_iter : int, default=50
-        Maximum number of training epochs.
+    max_iter : int, default=20
+        Maximum number of training epochs. The held-out likelihood of small training
+        sets keeps improving long after the anomaly maps stop improving (see
+        ``docs/quality.md``), so this bound, not early stopping, usually ends training on
+        them.
     batch_size : int, default=32
         Images per optimisation step and per inference batch.
     learning_rate_init : float, default=1e-3
@@ -90,9 +99,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     contamination : "auto" or float, default="auto"
         Expected proportion of outliers, which sets ``offset_`` from the scores of the
         held-out good images. With a float ``c``, ``offset_`` is the ``c`` quantile of
-        those scores. With ``"auto"``, ``offset_ = mean - 2.576 * std`` of those scores
-        (about 0.5 % of good images flagged if scores were normal), capped at their
-        minimum so that no held-out good image is flagged.
+        those scores. With ``"auto"`` and at least 10 held-out images,
+        ``offset_ = mean - 2.576 * std`` of those scores (about 0.5 % of good images
+        flagged if scores were normal), capped at their minimum so that no held-out good
+        image is flagged; with fewer, whose spread cannot be estimated, ``offset_`` is
+        their minimum (about ``1 / (n_held_out + 1)`` of good images flagged).
     cache_features : bool, default=True
         Compute each training image's backbone features once and reuse them in every
         epoch (exact, since the backbone is frozen). Switch off when the features do not
@@ -211,7 +222,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         flow_steps=8,
         conv3x3_only=False,
         hidden_ratio=1.0,
-        max_iter=50,
+        max_iter=20,
         batch_size=32,
         learning_rate_init=1e-3,
         weight_decay=1e-5,
@@ -259,10 +270,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         X : array-like of shape (n_samples, H, W[, C]) or list
             Images: a uint8 (0..255) or float (0..1) array, or a list of arrays, PIL
             images or file paths of any sizes. Grey images are repeated to RGB.
-        y : array-like of shape (n_samples,), default=None
+        y : array-like of shape (n_samples,) or pixel masks, default=None
             Optional labels, 1 for good (inlier) and -1 for defective (outlier) images.
             Only inliers are used; outliers are ignored. Lets ``cross_val_score`` with
-            labelled folds train on good images only.
+            labelled folds train on good images only. Pixel masks ((n_samples, H, W) or
+            a list of 2-D arrays, 1 = defect) are accepted too, as for the pixel scorers of
+            :mod:`skfastflow.scoring`: images whose mask is empty are the good ones.
 
         Returns
         -------
@@ -322,6 +335,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
                 f"lower learning_rate_init (now {self.learning_rate_init}) or check the images for constant or corrupt content."
             )
         self.model_ = model
+        self._fitted_model_config = self._model_config(input_size)
         self.device_ = device
         self.loss_curve_ = history["loss_curve"]
         self.loss_per_dimension_curve_ = history["loss_per_dimension_curve"]
@@ -345,6 +359,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     def _inlier_indices(y, n_images: int) -> np.ndarray:
         if y is None:
             return np.arange(n_images)
+        if _holds_pixel_masks(y):
+            # Pixel masks, the y of the pixel scorers in skfastflow.scoring: an image is good
+            # when its mask marks no defect pixel. Lets GridSearchCV fit with masks as y.
+            masks = _as_image_list(y, "y")
+            y = np.array([-1 if np.any(_as_boolean_mask(mask, index)) else 1 for index, mask in enumerate(masks)])
         y = column_or_1d(y, warn=True)
         if len(y) != n_images:
             raise ValueError(f"y has {len(y)} labels but X has {n_images} images; pass one label per image.")
@@ -433,8 +452,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
 
     def _offset_from(self, validation_scores: np.ndarray) -> float:
         if self.contamination == "auto":
-            spread = float(np.std(validation_scores, ddof=1)) if len(validation_scores) > 1 else 0.0
-            return float(min(np.mean(validation_scores) - _AUTO_Z * spread, np.min(validation_scores)))
+            lowest = float(np.min(validation_scores))
+            if len(validation_scores) < _AUTO_MIN_HELD_OUT:
+                return lowest
+            spread = float(np.std(validation_scores, ddof=1))
+            return float(min(np.mean(validation_scores) - _AUTO_Z * spread, lowest))
         return float(np.percentile(validation_scores, 100.0 * self.contamination))
 
     # ------------------------------------------------------------------ scoring core
@@ -583,45 +605,58 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         features = StreamedFeatures(self.model_, images, np.arange(len(images)), self.device_)
         return float(np.mean(self._log_likelihoods(self.model_, features)))
 
+    # ------------------------------------------------------------------ scikit-learn hooks
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Images, not tables: stacks are 3-D (N, H, W) or 4-D (N, H, W, C), and lists may
+        # hold file paths (strings). Pixels are uint8 0..255 or floats in [0, 1], so
+        # negative values are refused, as are NaN and sparse matrices.
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.input_tags.positive_only = True
+        return tags
+
     # ------------------------------------------------------------------ persistence
+
+    def _model_config(self, input_size: tuple[int, int]) -> dict:
+        """What rebuilds the fitted model's architecture (see :mod:`skfastflow.persistence`)."""
+        return dict(
+            input_size=input_size,
+            backbone=self.backbone,
+            flow_steps=self.flow_steps,
+            conv3x3_only=self.conv3x3_only,
+            hidden_ratio=self.hidden_ratio,
+        )
 
     def __getstate__(self):
         # A copy: object.__getstate__ returns the live __dict__, which must stay untouched.
         state = dict(super().__getstate__())
         if "model_" in state:
-            # The torch model travels as CPU tensors plus what rebuilds it offline.
-            model = state.pop("model_")
-            state["_model_state"] = {
-                "config": dict(
-                    input_size=model.input_size,
-                    backbone=self.backbone,
-                    flow_steps=self.flow_steps,
-                    conv3x3_only=self.conv3x3_only,
-                    hidden_ratio=self.hidden_ratio,
-                ),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            }
+            state["_model_state"] = persistence.model_to_state(state.pop("model_"), state.pop("_fitted_model_config"))
             state["device_"] = str(state["device_"])
         state["_skfastflow_version"] = __version__
+        state["_skfastflow_format"] = persistence.FORMAT_VERSION
         return state
 
     def __setstate__(self, state):
-        saved_version = state.pop("_skfastflow_version", None)
-        if saved_version is not None and saved_version.split(".")[:2] != __version__.split(".")[:2]:
-            raise ValueError(
-                f"This FastFlowDetector was saved with skfastflow {saved_version}, which is incompatible with "
-                f"the installed {__version__}; install skfastflow=={saved_version} to load it, or refit."
-            )
+        persistence.check_readable(state)
+        state = dict(state)
+        del state["_skfastflow_version"], state["_skfastflow_format"]
         model_state = state.pop("_model_state", None)
         super().__setstate__(state)
         if model_state is not None:
-            device = torch.device(self.device_)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                device = torch.device("cpu")  # fitted on a GPU, loaded on a CPU-only machine
-            model = FastflowModel(pre_trained=False, **model_state["config"])
-            model.load_state_dict(model_state["state_dict"])
-            self.model_ = model.to(device).eval()
-            self.device_ = device
+            self.device_ = persistence.loadable_device(self.device_)
+            self.model_ = persistence.model_from_state(model_state, self.device_)
+            self._fitted_model_config = model_state["config"]
+
+
+def _holds_pixel_masks(y) -> bool:
+    """Whether ``y`` is pixel masks (an (N, H, W) array or a list of 2-D arrays), not labels."""
+    if isinstance(y, np.ndarray):
+        return y.ndim == 3
+    return isinstance(y, (list, tuple)) and len(y) > 0 and np.ndim(y[0]) == 2
 
 
 def _n_dimensions(model: FastflowModel) -> int:

@@ -230,3 +230,19 @@ def test_real_efficientnet_lite0_weights_load_by_order():
     logits = loaded.eval()(torch.zeros(1, 3, 224, 224))
     assert torch.isfinite(logits).all() and float(logits.std()) > 0
     assert math.isclose(sum(p.numel() for p in loaded.parameters()), sum(p.numel() for p in model.parameters()))
+
+
+@pytest.mark.parametrize("backbone", ["test_efficientnet", "tf_efficientnet_lite0"])
+def test_unused_efficientnet_blocks_are_dropped_without_changing_features(backbone):
+    from skfastflow.nn import FeatureExtractor
+
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(backbone, pre_trained=False, input_size=(64, 64))
+    full = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3))
+    full.load_state_dict(extractor.model.state_dict(), strict=False)  # same weights for the kept part
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(extractor(images), full.eval()(images)):
+            torch.testing.assert_close(got, want)
+    assert len(extractor.model.blocks) < len(full.blocks)
+    assert sum(p.numel() for p in extractor.parameters()) < sum(p.numel() for p in full.parameters())

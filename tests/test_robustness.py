@@ -21,7 +21,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from skfastflow import FastFlowDetector
 from skfastflow import images as images_module
-from skfastflow.nn import FastflowLoss
+from skfastflow import persistence
+from skfastflow.cli import main
+from skfastflow.nn import FastflowLoss, FastflowModel
 
 FAST = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, batch_size=4, random_state=0)
 METHODS = ["fit", "score_samples", "decision_function", "predict", "predict_maps", "score"]
@@ -331,40 +333,91 @@ def test_refit_replaces_the_model_as_a_fresh_fit_would(colour_detector):
 
 # ----------------------------------------------------------------- scale
 
-def test_predict_maps_streams_files_in_batches(colour_detector, tmp_path, monkeypatch):
-    n_images, batch_size = 200, 32
-    rng = np.random.default_rng(8)
+def write_pngs(folder, n_images, seed=8):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(exist_ok=True)
     paths = []
     for i in range(n_images):
-        paths.append(tmp_path / f"{i:03d}.png")
+        paths.append(folder / f"{i:03d}.png")
         Image.fromarray(rng.integers(60, 200, size=(8, 8, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
 
-    # Probe: how many decoded images are alive at once, and how many files are read
-    # between two passes through the model.
-    events, alive, most_alive = [], [0], [0]
-    original_read = images_module._read_image_file
+
+@pytest.fixture
+def stream_probe(monkeypatch):
+    """Records file reads and model passes, and the most decoded images alive at once."""
+    probe = {"events": [], "alive": 0, "most_alive": 0}
+    original_read, original_forward = images_module._read_image_file, FastflowModel.forward
+
+    def forget():
+        probe["alive"] -= 1
 
     def counting_read(path, where=""):
         array = original_read(path, where)
-        events.append("read")
-        alive[0] += 1
-        most_alive[0] = max(most_alive[0], alive[0])
-        weakref.finalize(array, lambda: alive.__setitem__(0, alive[0] - 1))
+        probe["events"].append("r")
+        probe["alive"] += 1
+        probe["most_alive"] = max(probe["most_alive"], probe["alive"])
+        weakref.finalize(array, forget)
         return array
 
-    detector = copy.deepcopy(colour_detector).set_params(batch_size=batch_size)
-    original_forward = detector.model_.forward
-
-    def counting_forward(images):
-        events.append("forward")
-        return original_forward(images)
+    def counting_forward(model, images):
+        probe["events"].append("|")
+        return original_forward(model, images)
 
     monkeypatch.setattr(images_module, "_read_image_file", counting_read)
-    monkeypatch.setattr(detector.model_, "forward", counting_forward)
-    maps = detector.predict_maps(paths)
+    monkeypatch.setattr(FastflowModel, "forward", counting_forward)
+    return probe
 
+
+def assert_streamed(probe, n_images, batch_size):
+    reads_between_passes = [len(run) for run in "".join(probe["events"]).split("|")]
+    assert probe["events"].count("r") == n_images
+    assert probe["events"].count("|") >= -(-n_images // batch_size)
+    assert max(reads_between_passes) <= batch_size
+    assert probe["most_alive"] <= batch_size
+
+
+def test_predict_maps_streams_files_in_batches(colour_detector, tmp_path, stream_probe):
+    n_images, batch_size = 200, 32
+    paths = write_pngs(tmp_path / "images", n_images)
+    detector = copy.deepcopy(colour_detector).set_params(batch_size=batch_size)
+    maps = detector.predict_maps(paths)
     assert maps.shape == (n_images, 8, 8)
-    reads_between_forwards = [len(run) for run in "".join("r" if e == "read" else "|" for e in events).split("|")]
-    assert events.count("forward") == -(-n_images // batch_size)
-    assert max(reads_between_forwards) <= batch_size
-    assert most_alive[0] <= batch_size
+    assert_streamed(stream_probe, n_images, batch_size)
+    assert stream_probe["events"].count("|") == -(-n_images // batch_size)
+
+
+# ----------------------------------------------------------------- command line
+
+@pytest.fixture
+def model_file(tmp_path):
+    def save(detector):
+        persistence.save(detector, tmp_path / "model.joblib")
+        return tmp_path / "model.joblib"
+
+    return save
+
+
+def test_cli_predict_streams_files_in_batches(colour_detector, model_file, tmp_path, stream_probe, capsys):
+    n_images, batch_size = 200, 32
+    write_pngs(tmp_path / "images", n_images)
+    status = main(["predict", str(model_file(colour_detector)), str(tmp_path / "images"), "--batch-size", str(batch_size)])
+    assert status == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.endswith(("good", "defective"))]) == n_images
+    assert_streamed(stream_probe, n_images, batch_size)
+
+
+def test_cli_predict_names_an_unreadable_file(colour_detector, model_file, broken_files, capsys):
+    good, broken = broken_files
+    status = main(["predict", str(model_file(colour_detector)), str(good), str(broken[0])])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"cannot read image file '{broken[0]}'" in err and "Traceback" not in err
+
+
+def test_cli_predict_refuses_colour_images_for_a_grey_model(grey_detector, model_file, tmp_path, capsys):
+    paths = write_pngs(tmp_path / "colour", 2)
+    status = main(["predict", str(model_file(grey_detector)), *map(str, paths)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "is a colour image, but the detector was fitted on grey images only" in err

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import norm
 
 from skfastflow import FastFlowDetector
 
@@ -95,3 +96,18 @@ def test_bad_training_parameters_are_refused_before_any_work(parameter, value):
         return
     with pytest.raises(ValueError, match=parameter):
         FastFlowDetector(**TINY, **{parameter: value}).fit(["not read: parameters are checked first"])
+
+
+def test_auto_threshold_is_the_lowest_held_out_score_when_too_few_to_estimate_a_spread():
+    # The two held-out glass images after 20 epochs: 2.576 standard deviations estimated
+    # from them reach 0.039, below half of the defective images' scores.
+    assert FastFlowDetector()._offset_from(np.array([0.2397, 0.1532])) == 0.1532
+
+
+def test_auto_threshold_extrapolates_a_normal_tail_from_enough_held_out_scores():
+    # 40 evenly spread normal quantiles: the lowest lies 2.24 deviations below the mean,
+    # so the 0.5 % tail bound (2.576 deviations) is below every held-out score.
+    scores = 0.5 + 0.02 * norm.ppf((np.arange(40) + 0.5) / 40)
+    expected = scores.mean() - 2.576 * scores.std(ddof=1)
+    assert expected < scores.min()
+    assert FastFlowDetector()._offset_from(scores) == pytest.approx(expected)

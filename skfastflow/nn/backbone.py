@@ -166,12 +166,28 @@ class FeatureExtractor(nn.Module):
                 if "download" in str(error):
                     raise
                 raise ValueError(f"Backbone {backbone!r} cannot give feature maps at out_indices={tuple(out_indices)}: {error}") from error
+            self._drop_blocks_after_last_feature()
         config = self.model.pretrained_cfg
         self.mean = tuple(float(v) for v in config.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(float(v) for v in config.get("std", (0.229, 0.224, 0.225)))
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.model.eval()
+
+    def _drop_blocks_after_last_feature(self) -> None:
+        """Remove blocks that only feed features nobody asked for.
+
+        timm's EfficientNet and MobileNet feature models keep (and run) every block even when
+        the deepest requested feature comes earlier: for ``tf_efficientnet_lite0`` at
+        out_indices (1, 2, 3) that is 2.3 M unused parameters, computed on every image and
+        stored in every model file. Their forward loops over ``blocks`` and picks block
+        ``i`` when ``i + 1`` is in ``_stage_out_idx``, so the blocks past the largest such
+        stage can go.
+        """
+        stage_outputs = getattr(self.model, "_stage_out_idx", None)
+        blocks = getattr(self.model, "blocks", None)
+        if stage_outputs and isinstance(blocks, nn.Sequential) and max(stage_outputs) < len(blocks):
+            self.model.blocks = blocks[: max(stage_outputs)]
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         # The backbone is frozen: BatchNorm statistics and dropout must never change.
