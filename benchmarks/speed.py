@@ -5,7 +5,8 @@ Configurations, each run in its own subprocess (so that peak memory is its own):
 - ``baseline``: the straightforward FastFlow loop, as in anomalib: the backbone recomputed for
   every batch of every epoch (``cache_features=False``) and float32 inference
   (``inference_precision="float32"``);
-- ``skfastflow``: the defaults (features cached once; ``inference_precision="auto"``).
+- ``skfastflow``: features cached once (the default) and ``inference_precision="auto"``
+  (bfloat16 scoring on CPUs with native bfloat16; opt-in, the default is float32).
 
 Both fit the same images for exactly ``--epochs`` epochs (early stopping off) at the same
 batch size, then score the same test images. Training images/s counts ``n_train * epochs``

@@ -111,13 +111,14 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         ``min(4 GiB, half the available memory)``, else as float16 (relative rounding
         at most 5e-4), else in a memory-mapped temporary file (exact); see
         :mod:`skfastflow.features`.
-    inference_precision : {"auto", "float32", "bfloat16"}, default="auto"
+    inference_precision : {"float32", "auto", "bfloat16"}, default="float32"
         Arithmetic of the backbone and flows when scoring (anomaly maps are always
         float32). ``"bfloat16"`` runs them under :func:`torch.autocast`, about 1.5 to 2
         times faster on CPUs with native bfloat16 (AVX512-BF16 or AMX); it changes map
         values by about 1e-3 (see ``benchmarks/speed.py`` and ``tests/test_features.py``).
-        ``"auto"`` uses bfloat16 on such CPUs and float32 elsewhere; ``"float32"`` gives
-        the same scores on every machine. Training is always float32.
+        ``"auto"`` uses bfloat16 on such CPUs and float32 elsewhere. The default
+        ``"float32"`` gives the same scores on every machine and for any batching.
+        Training is always float32.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     random_state : int, RandomState instance or None, default=None
@@ -232,7 +233,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         tol=1e-3,
         contamination="auto",
         cache_features=True,
-        inference_precision="auto",
+        inference_precision="float32",
         device="auto",
         random_state=None,
         verbose=0,
