@@ -499,14 +499,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         with self._autocast(device):
             return model.anomaly_map_generator(model.encode(features)[0])
 
-    def _fitted_colour_mode(self) -> str | None:
-        # Detectors pickled before colour_mode_ existed skip the check.
-        return getattr(self, "colour_mode_", None)
-
     def _anomaly_maps(self, X):
         """Yield ``(ImageBatch, maps (n, 1, H, W))`` batch by batch at ``input_size``: the one scorer."""
         check_is_fitted(self)
-        images = ImageCollection(X, fitted_colour_mode=self._fitted_colour_mode())
+        images = ImageCollection(X, fitted_colour_mode=self.colour_mode_)
         extractor = self.model_.feature_extractor
         with torch.inference_mode():
             # oneDNN's bfloat16 convolutions run faster on NHWC (channels_last) input: the backbone
@@ -602,7 +598,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        images = ImageCollection(X, fitted_colour_mode=self._fitted_colour_mode())
+        images = ImageCollection(X, fitted_colour_mode=self.colour_mode_)
         features = StreamedFeatures(self.model_, images, np.arange(len(images)), self.device_)
         return float(np.mean(self._log_likelihoods(self.model_, features)))
 

@@ -86,7 +86,11 @@ class _StatelessImageTransformer(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        self._check_params()
         return self
+
+    def _check_params(self) -> None:
+        """Check parameters beyond their types (the constraints); nothing by default."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -152,24 +156,9 @@ class CropResize(_StatelessImageTransformer):
             raise ValueError(f"size={self.size!r} must be None, an int or a pair of positive ints (height, width).")
         return None if self.size is None else as_size_pair(self.size)
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Check the parameters; nothing is learned.
-
-        Parameters
-        ----------
-        X : array-like or list
-            Images (not read).
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : CropResize
-        """
+    def _check_params(self) -> None:
         self._check_box()
         self._check_size()
-        return self
 
     def transform(self, X):
         """Crop (and resize) each image.
