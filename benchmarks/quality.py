@@ -88,13 +88,26 @@ def evaluate(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, offset: fl
     }
 
 
+def use_imagenet_statistics() -> None:
+    """Make every backbone normalise its input with ImageNet's mean and std, as anomalib does."""
+    from skfastflow.nn.backbone import FeatureExtractor
+
+    original_init = FeatureExtractor.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    FeatureExtractor.__init__ = init
+
+
 class MonitoredDetector(FastFlowDetector):
     """FastFlowDetector that measures the test metrics after chosen epochs of its own fit."""
 
     monitor = None  # set per run: callback(epoch, model, validation_features, history)
 
-    def _after_epoch(self, epoch, model, validation_features, history):
-        self.monitor(epoch, model, validation_features, history)
+    def _after_epoch(self, epoch, model, train_features, validation_features, history):
+        self.monitor(epoch, model, train_features, validation_features, history)
 
 
 def format_row(name: str, metrics: dict) -> str:
@@ -116,6 +129,11 @@ def main(argv=None) -> int:
     parser.add_argument("--save", type=Path, help="folder for the top 1 %% of each map's values per measured epoch (test and held-out)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
     parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--random-state", type=int, default=0)
+    parser.add_argument(
+        "--normalisation", choices=["timm", "imagenet"], default="timm",
+        help="input statistics: the backbone's own (timm's pretrained config) or ImageNet's, as anomalib uses for every backbone",
+    )
     args = parser.parse_args(argv)
 
     data = load_mvtec(args.data_dir)
@@ -125,7 +143,9 @@ def main(argv=None) -> int:
     masks = masks_at(data.masks_test, args.input_size)
     print(f"{args.data_dir}: {len(train)} training images, {len(test)} test images ({np.sum(labels == -1)} defective)")
     epoch_counts = sorted({int(e) for e in args.epochs.split(",") if e})
-    common = dict(backbone="tf_efficientnet_lite0", weights=args.weights, input_size=args.input_size, random_state=0)
+    common = dict(backbone="tf_efficientnet_lite0", weights=args.weights, input_size=args.input_size, random_state=args.random_state)
+    if args.normalisation == "imagenet":
+        use_imagenet_statistics()
     test_images = ImageCollection(test)
     cache = {}
 
@@ -141,17 +161,18 @@ def main(argv=None) -> int:
         detector = MonitoredDetector(**common, early_stopping=False, max_iter=max(epoch_counts))
         rows = {}
 
-        def measure(epoch, model, validation_features, history):
+        def measure(epoch, model, train_features, validation_features, history):
             if epoch in measured:
                 maps = anomaly_maps(model, test_features(model), detector.batch_size)
-                offset = detector._offset_from(detector._scores_from_features(model, validation_features))
+                # Without early stopping offset_ comes from the training images, as in fit.
+                offset = detector._offset_from(detector._scores_from_features(model, train_features))
                 rows[epoch] = evaluate(maps, labels, masks, offset)
                 if args.save:
-                    held_out_maps = anomaly_maps(model, validation_features, detector.batch_size)
-                    np.savez(args.save / f"epoch{epoch}.npz", test=top_values(maps), held_out=top_values(held_out_maps), labels=labels)
+                    train_maps = anomaly_maps(model, train_features, detector.batch_size)
+                    np.savez(args.save / f"epoch{epoch}.npz", test=top_values(maps), train=top_values(train_maps), labels=labels)
             print(
                 f"epoch {epoch:3d}  loss {history['loss_curve'][-1]:11.1f}  "
-                f"NLL/dim train {history['loss_per_dimension_curve'][-1]:7.4f} held-out {-history['validation_scores'][-1]:7.4f}  "
+                f"NLL/dim train {history['loss_per_dimension_curve'][-1]:7.4f}  "
                 + "  ".join(f"{key} {value:.3f}" for key, value in rows.get(epoch, {}).items())
                 + f"  [{time.perf_counter() - started:.0f} s]",
                 flush=True,
@@ -159,7 +180,6 @@ def main(argv=None) -> int:
 
         detector.monitor = measure
         detector.fit(train)
-        print("\nheld-out log-likelihood per dimension by epoch:", " ".join(f"{v:.4f}" for v in detector.validation_scores_))
         print("\n" + HEADER)
         for epoch in epoch_counts:
             print(format_row(f"{epoch} epochs", rows[epoch]))

@@ -358,14 +358,10 @@ def _scores_and_maps(detector, paths: list[Path]):
     Holds one batch (the detector's ``batch_size``) of images and maps at a time, so any
     number of images can stream through.
     """
-    from .images import resize_maps
-
     for start in range(0, len(paths), detector.batch_size):
         batch_paths = paths[start : start + detector.batch_size]
-        # One backbone pass gives both: the score is the negated maximum of the map at input_size.
-        for batch, maps in detector._anomaly_maps([str(path) for path in batch_paths]):
-            scores = -maps.flatten(1).amax(dim=1).double().cpu().numpy()
-            yield batch_paths, scores, resize_maps(maps, batch.original_sizes)
+        maps, scores = detector.predict_maps([str(path) for path in batch_paths], return_scores=True)
+        yield batch_paths, scores, maps
 
 
 def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, offset: float, out_path: Path) -> None:

@@ -87,23 +87,37 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     weight_decay : float, default=1e-5
         Adam's weight decay.
     early_stopping : bool, default=True
-        Stop when the held-out log-likelihood has not improved by ``tol`` for
-        ``n_iter_no_change`` epochs, and keep the best epoch's weights.
+        Hold out ``validation_fraction`` of the good images, stop when their
+        log-likelihood has not improved by ``tol`` for ``n_iter_no_change`` epochs, keep
+        the best epoch's weights, and set ``offset_`` from their scores. When False, as
+        in scikit-learn's MLP, nothing is held out: the flows train on every good image
+        for ``max_iter`` epochs and ``offset_`` comes from the training images' own scores
+        (as :class:`~sklearn.ensemble.IsolationForest` does). Those images were fitted, so
+        they score as more normal than unseen good images: the threshold is tighter, and
+        more good images are flagged than ``contamination`` says.
     validation_fraction : float, default=0.1
-        Fraction of the (inlier) training images held out from flow training. They
-        monitor early stopping and set ``offset_``; at least one image is held out.
+        Fraction of the (inlier) training images held out from flow training when
+        ``early_stopping`` is True (at least one image); unused otherwise.
     n_iter_no_change : int, default=5
         Epochs without improvement before early stopping.
     tol : float, default=1e-3
         Minimum improvement of the held-out log-likelihood per dimension (nats).
+    image_score : "max" or float, default="max"
+        How an anomaly map (at ``input_size``) becomes the image score of
+        :meth:`score_samples`, :meth:`decision_function`, :meth:`predict` and ``offset_``:
+        ``"max"``, the map's maximum as in the paper, or a float ``q`` in ``(0, 0.5]``, the
+        mean of the map's highest ``round(q * H * W)`` values (at least one). A mean of
+        the top 1 % (``0.01``) rests on hundreds of pixels instead of one, so it ranks
+        images more steadily; see ``docs/quality.md``.
     contamination : "auto" or float, default="auto"
         Expected proportion of outliers, which sets ``offset_`` from the scores of the
-        held-out good images. With a float ``c``, ``offset_`` is the ``c`` quantile of
-        those scores. With ``"auto"`` and at least 10 held-out images,
-        ``offset_ = mean - 2.576 * std`` of those scores (about 0.5 % of good images
-        flagged if scores were normal), capped at their minimum so that no held-out good
-        image is flagged; with fewer, whose spread cannot be estimated, ``offset_`` is
-        their minimum (about ``1 / (n_held_out + 1)`` of good images flagged).
+        held-out good images (of the training images without ``early_stopping``). With a
+        float ``c``, ``offset_`` is the ``c`` quantile of those scores. With ``"auto"``
+        and at least 10 such images, ``offset_ = mean - 2.576 * std`` of those scores
+        (about 0.5 % of good images flagged if scores were normal), capped at their
+        minimum so that none of them is flagged; with fewer, whose spread cannot be
+        estimated, ``offset_`` is their minimum (about ``1 / (n + 1)`` of good images
+        flagged).
     cache_features : bool, default=True
         Compute each training image's backbone features once and reuse them in every
         epoch (exact, since the backbone is frozen). Switch off when the features do not
@@ -142,11 +156,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         (``loss / D + 0.5 * log(2 * pi)``): comparable across backbones and input sizes,
         and directly with ``-validation_scores_``. Divide by ``log(2)`` for bits per
         dimension.
-    validation_scores_ : list of float
-        Held-out mean log-likelihood per feature dimension after each epoch.
-    best_validation_score_ : float
-        Best value of ``validation_scores_``; its epoch's weights are kept when
-        ``early_stopping`` is on.
+    validation_scores_ : list of float or None
+        Held-out mean log-likelihood per feature dimension after each epoch; None
+        without ``early_stopping``.
+    best_validation_score_ : float or None
+        Best value of ``validation_scores_``, whose epoch's weights are kept; None
+        without ``early_stopping``.
     best_epoch_ : int
         Epoch (1-based) whose weights the model holds.
     n_iter_ : int
@@ -154,7 +169,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     n_train_samples_ : int
         Images the flow was trained on.
     n_validation_samples_ : int
-        Held-out good images.
+        Held-out good images (0 without ``early_stopping``).
     device_ : torch.device
         Device the model runs on.
     colour_mode_ : {"grey", "colour", "mixed"}
@@ -168,9 +183,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
 
     Notes
     -----
-    The image score is the maximum of the anomaly map at ``input_size``, negated so that
-    lower means more abnormal, as in scikit-learn. Maps lie in ``[-1, 0]``, so
-    ``score_samples`` lies in ``[0, 1]``.
+    The image score is the maximum of the anomaly map at ``input_size`` (or the mean of its
+    top values, ``image_score``), negated so that lower means more abnormal, as in
+    scikit-learn. Maps lie in ``[-1, 0]``, so ``score_samples`` lies in ``[0, 1]``.
 
     References
     ----------
@@ -205,6 +220,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "image_score": [StrOptions({"max"}), Interval(Real, 0, 0.5, closed="right")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "cache_features": ["boolean"],
         "inference_precision": [StrOptions({"auto", "float32", "bfloat16"})],
@@ -231,6 +247,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=5,
         tol=1e-3,
+        image_score="max",
         contamination="auto",
         cache_features=True,
         inference_precision="float32",
@@ -253,6 +270,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.image_score = image_score
         self.contamination = contamination
         self.cache_features = cache_features
         self.inference_precision = inference_precision
@@ -324,15 +342,21 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             )
         model.to(device)
         train_features = self._feature_source(model, images, train_indices, device)
-        validation_features = CachedFeatures(StreamedFeatures(model, images, validation_indices, device), self.batch_size)
+        validation_features = (
+            CachedFeatures(StreamedFeatures(model, images, validation_indices, device), self.batch_size)
+            if self.early_stopping
+            else None
+        )
         history = self._train(model, train_features, validation_features, rng)
 
         model.eval()
-        validation_scores = self._scores_from_features(model, validation_features)
-        if not np.isfinite(validation_scores).all():
+        # offset_ comes from the held-out images when there are any, else (as IsolationForest
+        # does) from the training images themselves.
+        threshold_scores = self._scores_from_features(model, train_features if validation_features is None else validation_features)
+        if not np.isfinite(threshold_scores).all():
             # A model that scores NaN would silently call every image an inlier.
             raise FloatingPointError(
-                f"The trained model gives non-finite scores to held-out good images (epoch {history['best_epoch']}); "
+                f"The trained model gives non-finite scores to good images (epoch {history['best_epoch']}); "
                 f"lower learning_rate_init (now {self.learning_rate_init}) or check the images for constant or corrupt content."
             )
         self.model_ = model
@@ -340,13 +364,13 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.device_ = device
         self.loss_curve_ = history["loss_curve"]
         self.loss_per_dimension_curve_ = history["loss_per_dimension_curve"]
-        self.validation_scores_ = history["validation_scores"]
-        self.best_validation_score_ = history["best_validation_score"]
+        self.validation_scores_ = history["validation_scores"] if self.early_stopping else None
+        self.best_validation_score_ = history["best_validation_score"] if self.early_stopping else None
         self.best_epoch_ = history["best_epoch"]
         self.n_iter_ = len(history["loss_curve"])
         self.n_train_samples_ = len(train_indices)
         self.n_validation_samples_ = len(validation_indices)
-        self.offset_ = self._offset_from(validation_scores)
+        self.offset_ = self._offset_from(threshold_scores)
         self.colour_mode_ = images.colour_mode
         return self
 
@@ -377,11 +401,16 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         return inliers
 
     def _split(self, indices: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
-        """Hold out ``validation_fraction`` of the good images (at least one) from flow training."""
+        """Hold out ``validation_fraction`` of the good images (at least one) when early stopping needs them.
+
+        Without early stopping every good image is trained on, as in scikit-learn's MLP.
+        """
+        if not self.early_stopping:
+            return np.sort(indices), indices[:0]
         if len(indices) < 2:
             raise ValueError(
-                f"FastFlowDetector needs at least 2 good images (one to train on, one held out to set offset_), "
-                f"got {len(indices)}."
+                f"FastFlowDetector with early_stopping=True needs at least 2 good images (one to train on, one held "
+                f"out to stop training and set offset_), got {len(indices)}; add good images or pass early_stopping=False."
             )
         n_validation = min(max(1, math.ceil(self.validation_fraction * len(indices))), len(indices) - 1)
         shuffled = rng.permutation(indices)
@@ -421,19 +450,21 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             history["loss_per_dimension_curve"].append(history["loss_curve"][-1] / _n_dimensions(model) + 0.5 * _LOG_2PI)
 
             model.eval()
-            validation_score = float(np.mean(self._log_likelihoods(model, validation_features)))
-            history["validation_scores"].append(validation_score)
-            if validation_score > history["best_validation_score"] + self.tol:
-                epochs_without_improvement = 0
-            else:
-                epochs_without_improvement += 1
-            if validation_score > history["best_validation_score"]:
-                history["best_validation_score"] = validation_score
-                history["best_epoch"] = epoch
-                if self.early_stopping:
+            postfix = {"nll_per_dim": f"{history['loss_per_dimension_curve'][-1]:.4f}"}
+            if validation_features is not None:  # None without early stopping: nothing held out
+                validation_score = float(np.mean(self._log_likelihoods(model, validation_features)))
+                history["validation_scores"].append(validation_score)
+                if validation_score > history["best_validation_score"] + self.tol:
+                    epochs_without_improvement = 0
+                else:
+                    epochs_without_improvement += 1
+                if validation_score > history["best_validation_score"]:
+                    history["best_validation_score"] = validation_score
+                    history["best_epoch"] = epoch
                     best_state = copy.deepcopy({k: v for k, v in model.state_dict().items() if not k.startswith("feature_extractor.")})
-            self._after_epoch(epoch, model, validation_features, history)
-            progress.set_postfix(nll_per_dim=f"{history['loss_per_dimension_curve'][-1]:.4f}", held_out_nll_per_dim=f"{-validation_score:.4f}")
+                postfix["held_out_nll_per_dim"] = f"{-validation_score:.4f}"
+            self._after_epoch(epoch, model, train_features, validation_features, history)
+            progress.set_postfix(**postfix)
             progress.update()
             if self.early_stopping and epochs_without_improvement >= self.n_iter_no_change:
                 break
@@ -444,8 +475,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             history["best_epoch"] = len(history["loss_curve"])
         return history
 
-    def _after_epoch(self, epoch: int, model: FastflowModel, validation_features, history: dict) -> None:
+    def _after_epoch(self, epoch: int, model: FastflowModel, train_features, validation_features, history: dict) -> None:
         """Called after each epoch's validation with the model in eval mode; does nothing.
+
+        ``validation_features`` is None without early stopping.
 
         A hook for monitoring the training trajectory without a second fit:
         ``benchmarks/quality.py`` overrides it to measure test metrics epoch by epoch.
@@ -483,8 +516,16 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             for start in range(0, len(features), self.batch_size):
                 positions = np.arange(start, min(start + self.batch_size, len(features)))
                 maps = self._maps_from_features(model, features.batch(positions), features.device)
-                scores.append(-maps.flatten(1).amax(dim=1))
+                scores.append(self._image_scores(maps))
         return torch.cat(scores).double().cpu().numpy()
+
+    def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """``score_samples`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (``image_score``): the one rule."""
+        values = maps.flatten(1)
+        if self.image_score == "max":
+            return -values.amax(dim=1)
+        top_count = max(1, round(self.image_score * values.shape[1]))
+        return -values.topk(top_count, dim=1, sorted=False).values.mean(dim=1)
 
     def _uses_bfloat16(self, device: torch.device) -> bool:
         """Whether scoring runs the backbone and flows in bfloat16 (``inference_precision``)."""
@@ -516,7 +557,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ public predictions
 
     def score_samples(self, X):
-        """Image scores: the negated maximum of the anomaly map (lower = more abnormal).
+        """Image scores: the negated maximum (or top mean, ``image_score``) of the anomaly map.
+
+        Lower means more abnormal.
 
         Parameters
         ----------
@@ -528,7 +571,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         scores : ndarray of shape (n_samples,), dtype float64
             Scores in ``[0, 1]``.
         """
-        scores = [-maps.flatten(1).amax(dim=1) for _, maps in self._anomaly_maps(X)]
+        scores = [self._image_scores(maps) for _, maps in self._anomaly_maps(X)]
         return torch.cat(scores).double().cpu().numpy()
 
     def decision_function(self, X):
@@ -559,25 +602,44 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    def predict_maps(self, X):
+    def predict_maps(self, X, *, return_scores=False):
         """Per-pixel anomaly maps at each image's original resolution (higher = more anomalous).
 
         Parameters
         ----------
         X : array-like or list
             Images, as for :meth:`fit`.
+        return_scores : bool, default=False
+            Also return :meth:`score_samples` of the same images, from the same backbone
+            and flow pass (half the work of calling both).
 
         Returns
         -------
         maps : ndarray of shape (n_samples, H, W) or list of ndarray
             An array when all images have the same size, else a list of ``(H_i, W_i)``
             arrays. Values lie in ``[-1, 0]``.
+        scores : ndarray of shape (n_samples,), dtype float64
+            Only with ``return_scores=True``: exactly ``score_samples(X)``. The image score
+            is taken from the map at ``input_size``, before resizing.
+
+        Examples
+        --------
+        Score and localise a stream of image files with bounded memory, one batch of
+        ``batch_size`` files per call::
+
+            for start in range(0, len(paths), detector.batch_size):
+                maps, scores = detector.predict_maps(paths[start : start + detector.batch_size], return_scores=True)
+                flagged = scores - detector.offset_ < 0
         """
-        maps = []
+        maps, scores = [], []
         for batch, batch_maps in self._anomaly_maps(X):
             maps.extend(resize_maps(batch_maps, batch.original_sizes))
+            if return_scores:
+                scores.append(self._image_scores(batch_maps))
         if len({m.shape for m in maps}) == 1:
-            return np.stack(maps)
+            maps = np.stack(maps)
+        if return_scores:
+            return maps, torch.cat(scores).double().cpu().numpy()
         return maps
 
     def score(self, X, y=None):

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from scipy.ndimage import binary_dilation
 from sklearn.exceptions import NotFittedError
@@ -91,6 +93,51 @@ def test_image_score_is_the_negated_map_maximum_at_input_size(detector, data):
     _, test = data
     maps = detector.predict_maps(test.images[:5])  # same size as input_size, so no resizing
     np.testing.assert_allclose(detector.score_samples(test.images[:5]), -maps.reshape(5, -1).max(axis=1), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def top_mean_detector(data):
+    X_good, _ = data
+    return FastFlowDetector(**FAST, image_score=0.05, early_stopping=False).fit(X_good[:8])
+
+
+def test_top_fraction_image_score_is_the_negated_mean_of_the_hottest_pixels(top_mean_detector, data):
+    _, test = data
+    maps = top_mean_detector.predict_maps(test.images[:5]).reshape(5, -1)  # 64 x 64 = input_size
+    hottest = np.sort(maps, axis=1)[:, -round(0.05 * maps.shape[1]) :]
+    np.testing.assert_allclose(top_mean_detector.score_samples(test.images[:5]), -hottest.mean(axis=1), rtol=1e-5)
+
+
+def test_offset_and_predict_use_the_same_image_score(top_mean_detector, data):
+    X_good, test = data
+    # Without early stopping, "auto" with fewer than 10 training images is their lowest score.
+    assert top_mean_detector.offset_ == pytest.approx(top_mean_detector.score_samples(X_good[:8]).min(), rel=1e-5)
+    scores = top_mean_detector.score_samples(test.images)
+    np.testing.assert_allclose(top_mean_detector.decision_function(test.images), scores - top_mean_detector.offset_)
+    np.testing.assert_array_equal(top_mean_detector.predict(test.images), np.where(scores < top_mean_detector.offset_, -1, 1))
+
+
+@pytest.mark.parametrize("image_score", ["max", 0.05])
+def test_predict_maps_returns_score_samples_from_the_same_pass(detector, top_mean_detector, data, image_score):
+    _, test = data
+    fitted = detector if image_score == "max" else top_mean_detector
+    big = np.asarray(Image.fromarray(test.images[0]).resize((96, 80)))
+    images = [test.images[1], big, test.images[2][:50]]
+    maps, scores = fitted.predict_maps(images, return_scores=True)
+    np.testing.assert_array_equal(scores, fitted.score_samples(images))
+    for with_scores, alone in zip(maps, fitted.predict_maps(images)):
+        np.testing.assert_array_equal(with_scores, alone)
+    same_size_maps, _ = fitted.predict_maps(test.images[:3], return_scores=True)
+    assert isinstance(same_size_maps, np.ndarray) and same_size_maps.shape == (3, 64, 64)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True), st.integers(-3, 3), st.text(max_size=5), st.none()))
+def test_bad_image_score_is_refused_before_any_work(value):
+    if value == "max" or (isinstance(value, (int, float)) and 0 < value <= 0.5):
+        return
+    with pytest.raises(ValueError, match="image_score"):
+        FastFlowDetector(**{**FAST, "image_score": value}).fit(["not read: parameters are checked first"])
 
 
 def test_paths_pil_images_and_arrays_give_the_same_scores(detector, data, tmp_path):

@@ -31,9 +31,32 @@ def test_early_stopping_stops_after_n_iter_no_change_epochs_without_improvement(
 def test_without_early_stopping_all_epochs_run_and_the_last_weights_are_kept():
     X = np.repeat(textured_images(1), 6, axis=0)
     detector = FastFlowDetector(**TINY, max_iter=4, early_stopping=False, tol=1e9, n_iter_no_change=1).fit(X)
-    assert detector.n_iter_ == detector.best_epoch_ == 4
-    # All images are the same, so the held-out score is the score of any of them.
-    assert detector.score(X[:1]) == pytest.approx(detector.validation_scores_[-1], rel=1e-5)
+    assert detector.n_iter_ == detector.best_epoch_ == len(detector.loss_curve_) == 4
+    # As in scikit-learn's MLP: nothing is held out, so there is no validation curve.
+    assert detector.validation_scores_ is None and detector.best_validation_score_ is None
+
+
+def test_without_early_stopping_every_good_image_is_trained_on_and_sets_the_threshold():
+    good = textured_images(10, seed=3)
+    detector = FastFlowDetector(**TINY, max_iter=2, early_stopping=False, validation_fraction=0.5).fit(good)
+    assert (detector.n_train_samples_, detector.n_validation_samples_) == (10, 0)
+    # offset_ comes from the training images' own scores (as IsolationForest's does);
+    # "auto" caps it at their minimum, so no training image is flagged.
+    training_scores = detector.score_samples(good)
+    assert detector.offset_ <= training_scores.min() + 1e-6
+    assert np.all(detector.predict(good) == 1)
+    tenth = FastFlowDetector(**TINY, max_iter=2, early_stopping=False, contamination=0.1).fit(good)
+    assert tenth.offset_ == pytest.approx(np.percentile(tenth.score_samples(good), 10), rel=1e-5)
+
+
+def test_without_early_stopping_one_good_image_is_enough():
+    # No split is needed, so the 2-image minimum of early stopping does not apply.
+    image = textured_images(1)
+    detector = FastFlowDetector(**TINY, max_iter=1, early_stopping=False).fit(image)
+    assert detector.n_train_samples_ == 1
+    assert detector.offset_ == pytest.approx(detector.score_samples(image)[0], rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2 good images.*early_stopping=False"):
+        FastFlowDetector(**TINY, max_iter=1).fit(image)
 
 
 def test_early_stopping_restores_the_weights_of_the_best_held_out_epoch():
@@ -71,7 +94,7 @@ def test_validation_fraction_sets_how_many_good_images_are_held_out():
 
 def test_loss_per_dimension_is_the_raw_loss_normalised_and_matches_held_out_likelihood():
     X = np.repeat(textured_images(1), 6, axis=0)
-    detector = FastFlowDetector(**TINY, max_iter=3, early_stopping=False).fit(X)
+    detector = FastFlowDetector(**TINY, max_iter=3).fit(X)  # 3 epochs < n_iter_no_change: no stop
     dimensions = sum(math.prod(shape) for shape in detector.model_.feature_shapes)
     expected = [loss / dimensions + 0.5 * math.log(2 * math.pi) for loss in detector.loss_curve_]
     np.testing.assert_allclose(detector.loss_per_dimension_curve_, expected, rtol=1e-12)
