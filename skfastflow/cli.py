@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=detector_defaults["contamination"],
         help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
     )
+    fit.add_argument(
+        "--image-score",
+        type=_image_score,
+        default=detector_defaults["image_score"],
+        help="how a map becomes an image score: max (the hottest pixel) or a fraction q in (0, 0.5], the mean of the "
+        "hottest q of the map, e.g. 0.01 (default: %(default)s)",
+    )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
     fit.set_defaults(run=_run_fit)
@@ -223,6 +230,18 @@ def _contamination(text: str) -> str | float:
         value = -1.0
     if not 0.0 < value <= 0.5:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5], e.g. 0.01, got {text!r}")
+    return value
+
+
+def _image_score(text: str) -> str | float:
+    if text == "max":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected 'max' or a fraction in (0, 0.5], e.g. 0.01, got {text!r}")
     return value
 
 
@@ -368,8 +387,9 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, o
     """Save the heatmap over its image, the defect region outlined, the decision score written on it.
 
     The colour scale is the same for every image, so pictures compare: the map's values lie
-    in [-1, 0], the image threshold on them is ``-offset_`` (a pixel above it alone makes the
-    image defective) and sits in the middle of the scale; defect-free pixels stay dark.
+    in [-1, 0], the image threshold on them is ``-offset_`` (with ``image_score="max"`` a pixel
+    above it alone makes the image defective; with a top fraction, enough of them do) and
+    sits in the middle of the scale; defect-free pixels stay dark.
     """
     from PIL import Image
 
@@ -441,6 +461,7 @@ def _run_fit(args) -> None:
         device=args.device,
         validation_fraction=args.validation_fraction,
         contamination=args.contamination,
+        image_score=args.image_score,
         random_state=args.seed,
         verbose=1,
     )

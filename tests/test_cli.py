@@ -46,7 +46,9 @@ def mvtec_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fit_run(mvtec_dir, tmp_path_factory):
     model_path = tmp_path_factory.mktemp("model") / "model.joblib"
-    process = run_cli("fit", mvtec_dir, "--out", model_path, "--validation-fraction", "0.25", "--contamination", "0.1", *TINY_FIT)
+    process = run_cli(
+        "fit", mvtec_dir, "--out", model_path, "--validation-fraction", "0.25", "--contamination", "0.1", "--image-score", "0.05", *TINY_FIT
+    )
     return process, model_path
 
 
@@ -61,6 +63,7 @@ def test_fit_trains_on_train_good_and_says_where_the_model_went(fit_run, mvtec_d
     detector = load_model(model_path)
     assert (detector.n_train_samples_, detector.n_validation_samples_) == (N_TRAIN - 2, 2)
     assert detector.backbone == "test_resnet" and detector.input_size == 64 and detector.contamination == 0.1
+    assert detector.image_score == 0.05  # so predict and evaluate below go through the top-fraction score
     # Two held-out images make a rough threshold, and fit says so.
     assert "only 2 held-out good images" in process.stderr
 

@@ -405,6 +405,9 @@ def test_cli_predict_streams_files_in_batches(colour_detector, model_file, tmp_p
     assert status == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if line.endswith(("good", "defective"))]) == n_images
     assert_streamed(stream_probe, n_images, batch_size)
+    # --batch-size is the model's batch for this run (the saved model's is 4): one pass per 32 images.
+    assert colour_detector.batch_size == 4
+    assert stream_probe["events"].count("|") == -(-n_images // batch_size)
 
 
 def test_cli_predict_names_an_unreadable_file(colour_detector, model_file, broken_files, capsys):
