@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-score",
         type=_image_score,
         default=detector_defaults["image_score"],
-        help="how a map becomes an image score: max (the hottest pixel) or a fraction q in (0, 0.5], the mean of the "
-        "hottest q of the map, e.g. 0.01 (default: %(default)s)",
+        help="how a map becomes an image score: a fraction q in (0, 0.5], the mean of the hottest q of the map, "
+        "or max (the hottest pixel, as in the paper) (default: %(default)s)",
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)

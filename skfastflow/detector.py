@@ -54,7 +54,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     one 2D normalizing flow per feature scale learns the distribution of the features of
     good images. New images are scored by how unlikely their features are, pixel by
     pixel: :meth:`predict_maps` shows where a defect is, :meth:`score_samples` rates the
-    whole image by the most anomalous pixel.
+    whole image by its most anomalous pixels.
 
     Parameters
     ----------
@@ -102,13 +102,15 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         Epochs without improvement before early stopping.
     tol : float, default=1e-3
         Minimum improvement of the held-out log-likelihood per dimension (nats).
-    image_score : "max" or float, default="max"
+    image_score : "max" or float, default=0.01
         How an anomaly map (at ``input_size``) becomes the image score of
         :meth:`score_samples`, :meth:`decision_function`, :meth:`predict` and ``offset_``:
-        ``"max"``, the map's maximum as in the paper, or a float ``q`` in ``(0, 0.5]``, the
-        mean of the map's highest ``round(q * H * W)`` values (at least one). A mean of
-        the top 1 % (``0.01``) rests on hundreds of pixels instead of one, so it ranks
-        images more steadily; see ``docs/quality.md``.
+        a float ``q`` in ``(0, 0.5]``, the mean of the map's highest ``round(q * H * W)``
+        values (at least one), or ``"max"``, the map's maximum as in the paper. The
+        default, the mean of the top 1 %, rests on hundreds of pixels instead of one: it
+        ranked the images of both real sets measured at least as well as the maximum at
+        every epoch and seed, and clearly better on the harder one (magnetic_tile, 10
+        epochs: image AUROC 0.732 against 0.704); see ``docs/quality.md``.
     contamination : "auto" or float, default="auto"
         Expected proportion of outliers, which sets ``offset_`` from the scores of the
         held-out good images (of the training images without ``early_stopping``). With a
@@ -183,9 +185,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
 
     Notes
     -----
-    The image score is the maximum of the anomaly map at ``input_size`` (or the mean of its
-    top values, ``image_score``), negated so that lower means more abnormal, as in
-    scikit-learn. Maps lie in ``[-1, 0]``, so ``score_samples`` lies in ``[0, 1]``.
+    The image score is the mean of the top 1 % of the anomaly map at ``input_size`` (or
+    another fraction, or its maximum: ``image_score``), negated so that lower means more
+    abnormal, as in scikit-learn. Maps lie in ``[-1, 0]``, so ``score_samples`` lies in ``[0, 1]``.
 
     References
     ----------
@@ -247,7 +249,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=5,
         tol=1e-3,
-        image_score="max",
+        image_score=0.01,
         contamination="auto",
         cache_features=True,
         inference_precision="float32",
@@ -557,7 +559,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ public predictions
 
     def score_samples(self, X):
-        """Image scores: the negated maximum (or top mean, ``image_score``) of the anomaly map.
+        """Image scores: the negated mean of the anomaly map's top values (``image_score``).
 
         Lower means more abnormal.
 

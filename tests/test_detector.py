@@ -89,38 +89,40 @@ def test_maps_come_back_at_each_image_original_size(detector, data):
     assert isinstance(same, np.ndarray) and same.shape == (3, 64, 64)
 
 
-def test_image_score_is_the_negated_map_maximum_at_input_size(detector, data):
+def test_default_image_score_is_the_negated_mean_of_the_top_percent_of_the_map(detector, data):
     _, test = data
-    maps = detector.predict_maps(test.images[:5])  # same size as input_size, so no resizing
-    np.testing.assert_allclose(detector.score_samples(test.images[:5]), -maps.reshape(5, -1).max(axis=1), rtol=1e-6)
+    maps = detector.predict_maps(test.images[:5]).reshape(5, -1)  # 64 x 64 = input_size, so no resizing
+    hottest = np.sort(maps, axis=1)[:, -41:]  # 1 % of 4096 pixels, rounded
+    np.testing.assert_allclose(detector.score_samples(test.images[:5]), -hottest.mean(axis=1), rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def top_mean_detector(data):
+def max_detector(data):
     X_good, _ = data
-    return FastFlowDetector(**FAST, image_score=0.05, early_stopping=False).fit(X_good[:8])
+    return FastFlowDetector(**FAST, image_score="max", early_stopping=False).fit(X_good[:8])
 
 
-def test_top_fraction_image_score_is_the_negated_mean_of_the_hottest_pixels(top_mean_detector, data):
+def test_max_image_score_is_the_negated_map_maximum(max_detector, data):
     _, test = data
-    maps = top_mean_detector.predict_maps(test.images[:5]).reshape(5, -1)  # 64 x 64 = input_size
-    hottest = np.sort(maps, axis=1)[:, -round(0.05 * maps.shape[1]) :]
-    np.testing.assert_allclose(top_mean_detector.score_samples(test.images[:5]), -hottest.mean(axis=1), rtol=1e-5)
-
-
-def test_offset_and_predict_use_the_same_image_score(top_mean_detector, data):
-    X_good, test = data
-    # Without early stopping, "auto" with fewer than 10 training images is their lowest score.
-    assert top_mean_detector.offset_ == pytest.approx(top_mean_detector.score_samples(X_good[:8]).min(), rel=1e-5)
-    scores = top_mean_detector.score_samples(test.images)
-    np.testing.assert_allclose(top_mean_detector.decision_function(test.images), scores - top_mean_detector.offset_)
-    np.testing.assert_array_equal(top_mean_detector.predict(test.images), np.where(scores < top_mean_detector.offset_, -1, 1))
+    maps = max_detector.predict_maps(test.images[:5])
+    np.testing.assert_allclose(max_detector.score_samples(test.images[:5]), -maps.reshape(5, -1).max(axis=1), rtol=1e-6)
 
 
 @pytest.mark.parametrize("image_score", ["max", 0.05])
-def test_predict_maps_returns_score_samples_from_the_same_pass(detector, top_mean_detector, data, image_score):
+def test_offset_and_predict_use_the_same_image_score(data, image_score):
+    X_good, test = data
+    fitted = FastFlowDetector(**{**FAST, "max_iter": 2}, image_score=image_score, early_stopping=False).fit(X_good[:8])
+    # Without early stopping, "auto" with fewer than 10 training images is their lowest score.
+    assert fitted.offset_ == pytest.approx(fitted.score_samples(X_good[:8]).min(), rel=1e-5)
+    scores = fitted.score_samples(test.images)
+    np.testing.assert_allclose(fitted.decision_function(test.images), scores - fitted.offset_)
+    np.testing.assert_array_equal(fitted.predict(test.images), np.where(scores < fitted.offset_, -1, 1))
+
+
+@pytest.mark.parametrize("image_score", ["max", 0.01])
+def test_predict_maps_returns_score_samples_from_the_same_pass(detector, max_detector, data, image_score):
     _, test = data
-    fitted = detector if image_score == "max" else top_mean_detector
+    fitted = max_detector if image_score == "max" else detector
     big = np.asarray(Image.fromarray(test.images[0]).resize((96, 80)))
     images = [test.images[1], big, test.images[2][:50]]
     maps, scores = fitted.predict_maps(images, return_scores=True)
