@@ -92,28 +92,79 @@ class AllInOneBlock(nn.Module):
     def _scale(self) -> torch.Tensor:
         return 0.1 * F.softplus(self.global_scale, beta=0.5)
 
-    def _coupling(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = 0.1 * self.subnet(x1)
-        n = self.split_sizes[1]
-        return self.clamp * torch.tanh(a[:, :n]), a[:, n:]
+    def _coupling(self, x1: torch.Tensor) -> torch.Tensor:
+        """``0.1 * subnet(x1)``: the raw log-scale (first half) and the shift (second half)."""
+        first, _, last = self.subnet
+        hidden = F.relu(first(x1), inplace=True)
+        # 0.1 * conv(h; W, b) == conv(h; 0.1 W, 0.1 b): scaling the weights instead of the
+        # output spares a pass over the largest tensor of the block, in both directions.
+        return F.conv2d(hidden, 0.1 * last.weight, 0.1 * last.bias, padding=last.padding)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``x`` to the latent side; return ``(y, log|det J|)`` with one value per sample."""
-        x1, x2 = torch.split(x, self.split_sizes, dim=1)
-        log_scale, shift = self._coupling(x1)
-        y = torch.cat((x1, x2 * torch.exp(log_scale) + shift), dim=1)
+        coupling = self._coupling(x[:, : self.split_sizes[0]])
         scale = self._scale()
-        y = (y * scale + self.global_offset)[:, self.permutation]
+        y, log_jacobian = _AffineCoupling.apply(x, coupling, scale, self.global_offset, self.permutation, self.inverse_permutation, self.clamp)
         n_pixels = x.shape[2] * x.shape[3]
-        log_jacobian = log_scale.sum(dim=(1, 2, 3)) + n_pixels * torch.log(scale).sum()
-        return y, log_jacobian
+        return y, log_jacobian + n_pixels * torch.log(scale).sum()
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Map a latent ``y`` back to the input side (exact inverse of :meth:`forward`)."""
         x = (y[:, self.inverse_permutation] - self.global_offset) / self._scale()
         x1, x2 = torch.split(x, self.split_sizes, dim=1)
-        log_scale, shift = self._coupling(x1)
-        return torch.cat((x1, (x2 - shift) * torch.exp(-log_scale)), dim=1)
+        raw_log_scale, shift = self._coupling(x1).chunk(2, dim=1)
+        return torch.cat((x1, (x2 - shift) * torch.exp(-self.clamp * torch.tanh(raw_log_scale))), dim=1)
+
+
+class _AffineCoupling(torch.autograd.Function):
+    """The elementwise part of a coupling step, with a hand-written backward pass.
+
+    Given the block input ``x`` and ``coupling = 0.1 * subnet(x1)``, returns
+    ``permute(concat(x1, x2 * exp(s) + t) * scale + offset)`` with
+    ``s = clamp * tanh(coupling[:, :C // 2])``, ``t = coupling[:, C // 2:]``, and ``sum(s)``
+    per sample. Autograd would build this from about a dozen full-size intermediate tensors
+    (zero-filled gradients for every slice, a scatter for the permutation); this backward
+    needs a handful of passes and keeps only ``tanh`` and ``exp(s)``, which on CPU roughly
+    halves the time the flows spend outside their convolutions. Checked against autograd
+    of the plain formula with :func:`torch.autograd.gradcheck` in ``tests/test_nn.py``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, coupling, scale, offset, permutation, inverse_permutation, clamp):
+        n_passive = x.shape[1] - coupling.shape[1] // 2
+        x1, x2 = x[:, :n_passive], x[:, n_passive:]
+        raw_log_scale, shift = coupling.to(x.dtype).chunk(2, dim=1)
+        tanh = torch.tanh(raw_log_scale)
+        growth = torch.exp(clamp * tanh)
+        y = torch.empty_like(x)
+        y[:, :n_passive] = x1
+        torch.addcmul(shift, x2, growth, out=y[:, n_passive:])
+        y = torch.addcmul(offset[:, permutation], y[:, permutation], scale[:, permutation])
+        ctx.save_for_backward(x2, tanh, growth, y, scale, offset, permutation, inverse_permutation)
+        ctx.clamp, ctx.coupling_dtype = clamp, coupling.dtype
+        return y, clamp * tanh.sum(dim=(1, 2, 3))
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_log_jacobian):
+        x2, tanh, growth, y, scale, offset, permutation, inverse_permutation = ctx.saved_tensors
+        n_passive = y.shape[1] - x2.shape[1]
+        # Through the global affine and the permutation, back to channel order.
+        grad_offset = grad_y.sum(dim=(0, 2, 3), keepdim=True)[:, inverse_permutation]
+        # d/d scale of (u * scale + offset) is u = (y - offset) / scale, summed per channel.
+        grad_scale = ((grad_y * y).sum(dim=(0, 2, 3), keepdim=True)[:, inverse_permutation] - offset * grad_offset) / scale
+        grad_x = grad_y[:, inverse_permutation].mul_(scale)
+        grad_y2 = grad_x[:, n_passive:]
+        grad_coupling = torch.empty(grad_y2.shape[0], 2 * grad_y2.shape[1], *grad_y2.shape[2:], dtype=grad_y2.dtype, device=grad_y2.device)
+        grad_raw, grad_shift = grad_coupling.chunk(2, dim=1)
+        grad_shift.copy_(grad_y2)
+        # d/d raw of clamp * tanh(raw) is clamp * (1 - tanh**2).
+        torch.mul(grad_y2, x2, out=grad_raw)
+        grad_raw.mul_(growth)
+        if grad_log_jacobian is not None:
+            grad_raw.add_(grad_log_jacobian[:, None, None, None])
+        grad_raw.mul_(torch.addcmul(torch.ones_like(tanh), tanh, tanh, value=-1.0)).mul_(ctx.clamp)
+        grad_y2.mul_(growth)
+        return grad_x, grad_coupling.to(ctx.coupling_dtype), grad_scale, grad_offset, None, None, None
 
 
 class FastFlowBlock(nn.Module):
