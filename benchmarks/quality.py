@@ -215,6 +215,10 @@ def main(argv=None) -> int:
         metrics = evaluate(detector, maps, labels, masks, detector.offset_)
         print(HEADER if not epoch_counts else "", end="\n" if not epoch_counts else "")
         print(format_row(f"default (stopped at {detector.n_iter_}, kept epoch {detector.best_epoch_})", metrics))
+        print(
+            f"default fit: offset_ {detector.offset_:.4f} from {detector.n_validation_samples_} held-out images; "
+            f"good images flagged {metrics['good_flagged']:.3f}, defective images flagged {metrics['defects_flagged']:.3f}"
+        )
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
     return 0
 
