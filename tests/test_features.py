@@ -106,12 +106,12 @@ def test_values_beyond_float16_range_are_kept_exactly():
 
 
 def _fit(X, **params):
-    return FastFlowDetector(**{**FAST, "inference_precision": "float32", **params}).fit(X)
+    return FastFlowDetector(**{**FAST, "inference_precision": "float32", "training_precision": "float32", **params}).fit(X)
 
 
 @pytest.fixture(scope="module")
 def cached(good_images):
-    """A fit with the default (float32, in-memory) feature cache."""
+    """A float32 fit with the default (float32, in-memory) feature cache."""
     return _fit(good_images, cache_features=True)
 
 
