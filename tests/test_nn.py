@@ -239,7 +239,11 @@ def test_local_weights_file_with_timm_names_or_foreign_names(tmp_path):
     reference = timm.create_model("test_resnet", pretrained=False, features_only=True, out_indices=(1, 2, 3))
     reference.load_state_dict({k: v for k, v in source.state_dict().items() if k in reference.state_dict()})
     images = torch.randn(2, 3, 64, 64)
-    expected = [f for f in reference.eval()(images)]
+    # Random normal weights amplify rounding layer after layer: feed the same layout as the
+    # extractor does, so that only the weights can make a difference.
+    from skfastflow.nn.backbone import FeatureExtractor
+
+    expected = [f for f in reference.eval()(images.contiguous(memory_format=FeatureExtractor.memory_format))]
     for path in (timm_file, foreign_file):
         model = FastflowModel(64, "test_resnet", pre_trained=True, weights=path, flow_steps=1)
         for got, want in zip(_features(model, images), expected):
@@ -288,3 +292,21 @@ def test_unused_efficientnet_blocks_are_dropped_without_changing_features(backbo
             torch.testing.assert_close(got, want)
     assert len(extractor.model.blocks) < len(full.blocks)
     assert sum(p.numel() for p in extractor.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_channels_last_backbone_input_gives_the_nchw_results(monkeypatch):
+    """The backbone reads NHWC input for speed; maps and features match NCHW up to rounding."""
+    from skfastflow.nn.backbone import FeatureExtractor
+
+    torch.manual_seed(0)
+    model = FastflowModel(64, "test_resnet", pre_trained=False).eval()
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features, maps = model.extract_features(images), model(images)
+        monkeypatch.setattr(FeatureExtractor, "memory_format", torch.contiguous_format)
+        nchw_features, nchw_maps = model.extract_features(images), model(images)
+    assert FeatureExtractor.memory_format is torch.contiguous_format
+    for feature, nchw_feature in zip(features, nchw_features):
+        assert feature.is_contiguous()  # the flows always get NCHW
+        torch.testing.assert_close(feature, nchw_feature, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(maps, nchw_maps, rtol=1e-4, atol=1e-5)

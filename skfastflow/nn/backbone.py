@@ -139,7 +139,15 @@ class FeatureExtractor(nn.Module):
         The per-channel normalisation the backbone was trained with.
     is_transformer : bool
         Whether features come from a transformer's token sequence.
+    memory_format : torch.memory_format
+        Layout a CNN backbone reads its input in; class-wide. ``torch.channels_last``
+        (NHWC) lets oneDNN run the convolutions without reordering their input: measured on
+        CPU in float32 at 256 x 256, one thread, the whole forward pass (backbone, flows,
+        map) took 0.66 of the time for tf_efficientnet_lite0 and 0.9 for resnet18, with
+        the same results up to float rounding.
     """
+
+    memory_format = torch.channels_last
 
     def __init__(
         self,
@@ -197,8 +205,8 @@ class FeatureExtractor(nn.Module):
         """Return the feature maps of normalised ``images`` (N, 3, H, W)."""
         if self.is_transformer:
             return [self._transformer_features(images)]
-        # NCHW out whatever the input layout: the flows run fastest on it (no-op for NCHW input).
-        return [feature.contiguous() for feature in self.model(images)]
+        # NCHW out whatever the layout inside: the flows run fastest on it.
+        return [feature.contiguous() for feature in self.model(images.contiguous(memory_format=self.memory_format))]
 
     def _transformer_features(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
