@@ -110,7 +110,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         default, the mean of the top 1 %, rests on hundreds of pixels instead of one: it
         ranked the images of both real sets measured at least as well as the maximum at
         every epoch and seed, and clearly better on the harder one (magnetic_tile, 10
-        epochs: image AUROC 0.732 against 0.704); see ``docs/quality.md``.
+        epochs: image AUROC 0.732 against 0.705); see ``docs/quality.md``.
     contamination : "auto" or float, default="auto"
         Expected proportion of outliers, which sets ``offset_`` from the scores of the
         held-out good images (of the training images without ``early_stopping``). With a
