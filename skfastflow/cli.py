@@ -140,13 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--contamination",
-        type=_contamination,
+        type=_keyword_or_fraction("auto"),
         default=detector_defaults["contamination"],
         help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
     )
     fit.add_argument(
         "--image-score",
-        type=_image_score,
+        type=_keyword_or_fraction("max"),
         default=detector_defaults["image_score"],
         help="how a map becomes an image score: a fraction q in (0, 0.5], the mean of the hottest q of the map, "
         "or max (the hottest pixel, as in the paper) (default: %(default)s)",
@@ -221,28 +221,21 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _contamination(text: str) -> str | float:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5], e.g. 0.01, got {text!r}")
-    return value
+def _keyword_or_fraction(keyword: str):
+    """An argparse type for ``--contamination`` / ``--image-score``: ``keyword`` or a number in (0, 0.5]."""
 
+    def parse(text: str) -> str | float:
+        if text == keyword:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0.0 < value <= 0.5:
+            raise argparse.ArgumentTypeError(f"expected {keyword!r} or a number in (0, 0.5], e.g. 0.01, got {text!r}")
+        return value
 
-def _image_score(text: str) -> str | float:
-    if text == "max":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected 'max' or a fraction in (0, 0.5], e.g. 0.01, got {text!r}")
-    return value
+    return parse
 
 
 def _input_size(text: str) -> int | tuple[int, int]:

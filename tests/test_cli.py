@@ -202,6 +202,7 @@ def test_threads_option_sets_torch_threads_before_any_work(capsys, tmp_path, mon
         ("--epochs", "0", "positive whole number"),
         ("--validation-fraction", "1.5", "between 0 and 1"),
         ("--contamination", "0.7", "'auto' or a number in (0, 0.5]"),
+        ("--image-score", "mean", "'max' or a number in (0, 0.5]"),
         ("--input-size", "64x", "HEIGHTxWIDTH"),
     ],
 )
