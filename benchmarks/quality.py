@@ -44,6 +44,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from skfastflow import FastFlowDetector
+from skfastflow.cli import _keyword_or_fraction  # the CLI's own check of --image-score
 from skfastflow.datasets import load_mvtec
 from skfastflow.features import CachedFeatures, StreamedFeatures
 from skfastflow.images import ImageCollection
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--random-state", type=int, default=0)
     parser.add_argument(
-        "--image-score", type=lambda text: text if text == "max" else float(text), default=None,
+        "--image-score", type=_keyword_or_fraction("max"), default=None,
         help="the detector's image_score: max or a top fraction such as 0.01 (default: the detector's default)",
     )
     parser.add_argument(

@@ -300,12 +300,16 @@ def test_channels_last_backbone_input_gives_the_nchw_results(monkeypatch):
 
     torch.manual_seed(0)
     model = FastflowModel(64, "test_resnet", pre_trained=False).eval()
+    layouts = []  # the layout the timm network really receives
+    model.feature_extractor.model.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         features, maps = model.extract_features(images), model(images)
         monkeypatch.setattr(FeatureExtractor, "memory_format", torch.contiguous_format)
         nchw_features, nchw_maps = model.extract_features(images), model(images)
-    assert FeatureExtractor.memory_format is torch.contiguous_format
+    assert layouts == [True, True, False, False]
     for feature, nchw_feature in zip(features, nchw_features):
         assert feature.is_contiguous()  # the flows always get NCHW
         torch.testing.assert_close(feature, nchw_feature, rtol=1e-4, atol=1e-5)
