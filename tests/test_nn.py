@@ -340,3 +340,31 @@ def test_channels_last_backbone_input_gives_the_nchw_results(monkeypatch):
         assert feature.is_contiguous()  # the flows always get NCHW
         torch.testing.assert_close(feature, nchw_feature, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(maps, nchw_maps, rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_passes_stay_within_the_activation_budget(monkeypatch):
+    """A batch is cut into passes small enough for the budget; the features are those of one pass."""
+    from skfastflow.nn.backbone import FeatureExtractor
+
+    images = torch.randn(7, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    extractor = FeatureExtractor("test_resnet", pre_trained=False)
+    largest = []  # element count of the biggest tensor any layer makes, per pass
+    hooks = [module.register_forward_hook(lambda module, inputs, output: largest.append(output.numel()))
+             for module in extractor.model.modules() if not list(module.children())]  # fmt: skip
+    pass_sizes = []
+    extractor.model.register_forward_pre_hook(lambda module, inputs: pass_sizes.append(len(inputs[0])))
+    with torch.no_grad():
+        extractor(images[:1])
+        per_image = max(largest)
+        monkeypatch.setattr(FeatureExtractor, "activation_budget", 3 * 4 * per_image)
+        extractor._images_per_pass.clear()
+        largest.clear(), pass_sizes.clear()
+        parts = extractor(images)
+        assert pass_sizes == [1, 3, 3]  # the first image alone measures the activations
+        assert max(largest) <= 3 * per_image
+        single_pass = extractor.model(images.contiguous(memory_format=FeatureExtractor.memory_format))
+    for hook in hooks:
+        hook.remove()
+    for part, reference in zip(parts, single_pass):
+        torch.testing.assert_close(part, reference, rtol=1e-5, atol=1e-6)
