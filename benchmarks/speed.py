@@ -4,11 +4,14 @@ Configurations, each run in its own subprocess (so that peak memory is its own):
 
 - ``baseline``: the straightforward FastFlow loop, as in anomalib: the backbone recomputed for
   every batch of every epoch (``cache_features=False``), float32 throughout, the backbone
-  fed NCHW tensors, and coupling blocks differentiated by autograd from their plain formula
-  (``plain_coupling_forward`` below, the same maths as ``skfastflow.nn.AllInOneBlock``);
+  fed NCHW tensors and a whole batch per pass (no activation budget), and coupling blocks
+  differentiated by autograd from their plain formula (``plain_coupling_forward`` below, the
+  same maths as ``skfastflow.nn.AllInOneBlock``);
 - ``default``: skfastflow as it comes: features cached once, the backbone fed channels_last
-  (NHWC) tensors, the coupling blocks' hand-written backward pass, ``training_precision="auto"`` (bfloat16 convolutions in the flows on CPUs
-  with native bfloat16, AVX512-BF16 or AMX; float32 elsewhere), float32 inference;
+  (NHWC) tensors in passes whose activations fit 32 MiB, NHWC convolutions in the coupling
+  subnets with few channels, the coupling blocks' hand-written backward pass,
+  ``training_precision="auto"`` (bfloat16 convolutions in the flows on CPUs with native
+  bfloat16, AVX512-BF16 or AMX; float32 elsewhere), float32 inference;
 - ``bfloat16``: the default plus ``inference_precision="auto"`` (opt-in): bfloat16 backbone
   and flow convolutions when scoring, on such CPUs.
 
@@ -90,6 +93,7 @@ def run_one(arguments: argparse.Namespace) -> dict:
 
         AllInOneBlock.forward = plain_coupling_forward
         FeatureExtractor.memory_format = torch.contiguous_format
+        FeatureExtractor.activation_budget = 2**62  # every batch in one pass
     X_train, X_test = load_images(arguments.data, arguments.n_train, arguments.n_test, arguments.image_size)
     weights = {}
     if arguments.pretrained and arguments.backbone == "tf_efficientnet_lite0" and os.path.isfile(EFFICIENTNET_WEIGHTS):

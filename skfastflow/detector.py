@@ -133,7 +133,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         times faster on CPUs with native bfloat16 (AVX512-BF16 or AMX); it changes map
         values by about 1e-3 (see ``benchmarks/speed.py`` and ``tests/test_features.py``).
         ``"auto"`` uses bfloat16 on such CPUs and float32 elsewhere. The default
-        ``"float32"`` gives the same scores on every machine and for any batching.
+        ``"float32"`` gives the same scores, up to float32 rounding (about 1e-7), on
+        every machine and for any batching.
     training_precision : {"auto", "float32", "bfloat16"}, default="auto"
         Arithmetic of the flows' convolutions during ``fit``; every other operation, the
         loss, the held-out scores and the weights stay float32 (mixed precision).

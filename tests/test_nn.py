@@ -51,10 +51,16 @@ def test_flow_log_jacobian_and_inverse_over_several_steps():
     torch.testing.assert_close(flow.inverse(z), x, rtol=1e-10, atol=1e-10)
 
 
-def test_coupling_follows_freia_0_2_formula():
-    """y = permute((x1, x2 * exp(2 tanh(0.1 s)) + 0.1 t) * scale + offset), scale = 0.2 softplus."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_coupling_follows_freia_0_2_formula(memory_format):
+    """y = permute((x1, x2 * exp(2 tanh(0.1 s)) + 0.1 t) * scale + offset), scale = 0.2 softplus.
+
+    Both subnet layouts (NHWC is used for subnets with few channels) give the same values
+    and gradients.
+    """
     torch.manual_seed(1)
     block = AllInOneBlock(4, kernel_size=3).double()
+    block.subnet_memory_format = memory_format
     generator = torch.Generator().manual_seed(1)
     _randomise(block, generator)
     x = torch.randn(3, 4, 5, 5, generator=generator, dtype=torch.float64)
@@ -98,14 +104,16 @@ def test_coupling_follows_freia_0_2_formula():
 
 
 def test_affine_coupling_backward_passes_gradcheck():
-    """Finite differences agree with the hand-written backward, odd channel counts included."""
+    """Finite differences agree with the hand-written backward, odd channel counts and an NHWC
+    subnet output included."""
     from skfastflow.nn.coupling import _AffineCoupling
 
     generator = torch.Generator().manual_seed(2)
-    for channels in (2, 5):
+    for channels, coupling_format in ((2, torch.contiguous_format), (5, torch.contiguous_format), (5, torch.channels_last)):
         n_active = channels // 2
         x = torch.randn(2, channels, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
-        coupling = torch.randn(2, 2 * n_active, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+        coupling = torch.randn(2, 2 * n_active, 3, 4, generator=generator, dtype=torch.float64)
+        coupling = coupling.contiguous(memory_format=coupling_format).requires_grad_(True)
         scale = (0.5 + torch.rand(1, channels, 1, 1, generator=generator, dtype=torch.float64)).requires_grad_(True)
         offset = torch.randn(1, channels, 1, 1, generator=generator, dtype=torch.float64, requires_grad=True)
         permutation = torch.randperm(channels, generator=generator)
@@ -113,6 +121,24 @@ def test_affine_coupling_backward_passes_gradcheck():
         assert torch.autograd.gradcheck(
             lambda *inputs: _AffineCoupling.apply(*inputs, permutation, inverse_permutation, 2.0), (x, coupling, scale, offset)
         )
+
+
+def test_subnets_with_few_channels_convolve_in_nhwc():
+    """Small subnets run NHWC convolutions (oneDNN's NCHW kernels are slow there), larger ones
+    NCHW; the block's input and output stay NCHW either way."""
+    from skfastflow.nn.coupling import CHANNELS_LAST_BELOW
+
+    for channels, expected in ((2 * CHANNELS_LAST_BELOW - 2, True), (2 * CHANNELS_LAST_BELOW, False)):
+        block = AllInOneBlock(channels, kernel_size=1)
+        layouts = []
+        block.subnet[0].register_forward_pre_hook(
+            lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        for autocast in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y, _ = block(torch.randn(2, channels, 4, 4))
+            assert y.is_contiguous() and y.dtype == torch.float32
+        assert layouts == [expected, expected]
 
 
 def test_coupling_starts_with_unit_global_scale_and_clamps_log_scale():
@@ -314,3 +340,31 @@ def test_channels_last_backbone_input_gives_the_nchw_results(monkeypatch):
         assert feature.is_contiguous()  # the flows always get NCHW
         torch.testing.assert_close(feature, nchw_feature, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(maps, nchw_maps, rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_passes_stay_within_the_activation_budget(monkeypatch):
+    """A batch is cut into passes small enough for the budget; the features are those of one pass."""
+    from skfastflow.nn.backbone import FeatureExtractor
+
+    images = torch.randn(7, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    extractor = FeatureExtractor("test_resnet", pre_trained=False)
+    largest = []  # element count of the biggest tensor any layer makes, per pass
+    hooks = [module.register_forward_hook(lambda module, inputs, output: largest.append(output.numel()))
+             for module in extractor.model.modules() if not list(module.children())]  # fmt: skip
+    pass_sizes = []
+    extractor.model.register_forward_pre_hook(lambda module, inputs: pass_sizes.append(len(inputs[0])))
+    with torch.no_grad():
+        extractor(images[:1])
+        per_image = max(largest)
+        monkeypatch.setattr(FeatureExtractor, "activation_budget", 3 * 4 * per_image)
+        extractor._images_per_pass.clear()
+        largest.clear(), pass_sizes.clear()
+        parts = extractor(images)
+        assert pass_sizes == [1, 3, 3]  # the first image alone measures the activations
+        assert max(largest) <= 3 * per_image
+        single_pass = extractor.model(images.contiguous(memory_format=FeatureExtractor.memory_format))
+    for hook in hooks:
+        hook.remove()
+    for part, reference in zip(parts, single_pass):
+        torch.testing.assert_close(part, reference, rtol=1e-5, atol=1e-6)
