@@ -313,7 +313,8 @@ def test_unused_efficientnet_blocks_are_dropped_without_changing_features(backbo
     full = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3))
     full.load_state_dict(extractor.model.state_dict(), strict=False)  # same weights for the kept part
     images = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():  # the same input layout as the extractor's, so only pruning could differ
+    with torch.no_grad():  # the same input layout and batch as the extractor's, so only pruning could differ
+        extractor(images[:1])  # the first call measures the pass size in a pass of its own
         for got, want in zip(extractor(images), full.eval()(images.contiguous(memory_format=FeatureExtractor.memory_format))):
             torch.testing.assert_close(got, want)
     assert len(extractor.model.blocks) < len(full.blocks)
@@ -366,5 +367,5 @@ def test_backbone_passes_stay_within_the_activation_budget(monkeypatch):
         single_pass = extractor.model(images.contiguous(memory_format=FeatureExtractor.memory_format))
     for hook in hooks:
         hook.remove()
-    for part, reference in zip(parts, single_pass):
-        torch.testing.assert_close(part, reference, rtol=1e-5, atol=1e-6)
+    for part, reference in zip(parts, single_pass):  # other batch sizes: oneDNN may pick other kernels
+        torch.testing.assert_close(part, reference, rtol=1e-5, atol=1e-5)
