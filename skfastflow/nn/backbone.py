@@ -148,11 +148,11 @@ class FeatureExtractor(nn.Module):
     activation_budget : int
         Bytes (counted as float32) that the largest intermediate tensor of one backbone
         pass may take; class-wide. Larger batches are cut into passes of as many images
-        as fit. A pass over a whole batch of 32 makes early activations of 100 MB and more,
-        which stream through memory (and are page-faulted in afresh) at every layer; at
-        32 MiB a pass stays in memory the allocator reuses: measured at 256 x 256, one
-        thread, scoring took 0.65 of the time for tf_efficientnet_lite0 (5 images per
-        pass) and the same for resnet18 (8), with scores equal to 1e-7.
+        as fit. A pass over a whole batch of 32 makes early activations of 100 MB and more
+        (200 MB in EfficientNet-Lite0's expanded stages), which stream through main memory
+        at every layer. Measured at 256 x 256, one thread: scoring took 0.65 of the time
+        for tf_efficientnet_lite0 (5 images per pass) and as long as before for resnet18
+        (8 images per pass), with scores equal to 1e-7.
     """
 
     memory_format = torch.channels_last
