@@ -70,7 +70,7 @@ from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 from skfastflow.nn.backbone import create_timm_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DEFAULT_WEIGHTS, masks_at, top_values  # noqa: E402  (benchmarks/ is not a package)
+from quality import DEFAULT_WEIGHTS, TOP_FRACTION, image_scores, masks_at  # noqa: E402  (benchmarks/ is not a package)
 
 BACKBONE = "tf_efficientnet_lite0"
 IMAGENET_STATISTICS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     maps, max_scores = np.concatenate(maps), np.concatenate(max_scores)
     defective = labels == -1
     image_auroc = roc_auc_score(defective, max_scores)
-    image_auroc_top = roc_auc_score(defective, top_values(maps).mean(axis=1))
+    image_auroc_top = roc_auc_score(defective, -image_scores(maps, TOP_FRACTION))
     pixel_auroc = pixel_roc_auc_score(masks, maps)
     aupro = float("nan") if args.no_aupro else aupro_score(masks, maps)
 

@@ -78,6 +78,12 @@ def top_values(maps: np.ndarray) -> np.ndarray:
     return np.sort(flat, axis=1)[:, -max(1, int(TOP_FRACTION * flat.shape[1])) :]
 
 
+def image_scores(maps: np.ndarray, image_score) -> np.ndarray:
+    """``score_samples`` of ``maps`` (n, H, W) under an ``image_score`` setting (higher = more
+    normal): the detector's own rule, so that no second top-fraction rule can drift from it."""
+    return FastFlowDetector(image_score=image_score)._image_scores(torch.from_numpy(maps)[:, None]).double().numpy()
+
+
 def evaluate(detector: FastFlowDetector, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, offset: float) -> dict:
     """Test metrics of anomaly ``maps``; ``offset`` is the learned threshold on ``score_samples``.
 
@@ -86,12 +92,8 @@ def evaluate(detector: FastFlowDetector, maps: np.ndarray, labels: np.ndarray, m
     mean of its top 1 % side by side.
     """
     defective = labels == -1
-
-    def image_scores(image_score):  # score_samples' rule of that image_score: higher = more normal
-        return FastFlowDetector(image_score=image_score)._image_scores(torch.from_numpy(maps)[:, None]).double().numpy()
-
-    scores = image_scores(detector.image_score)
-    by_rule = {"max": image_scores("max"), "top1pct": image_scores(TOP_FRACTION)}
+    scores = image_scores(maps, detector.image_score)
+    by_rule = {"max": image_scores(maps, "max"), "top1pct": image_scores(maps, TOP_FRACTION)}
     predicted = np.where(scores - offset < 0, -1, 1)
     return {
         "image_auroc": roc_auc_score(defective, -scores),
