@@ -4,14 +4,16 @@ Configurations, each run in its own subprocess (so that peak memory is its own):
 
 - ``baseline``: the straightforward FastFlow loop, as in anomalib: the backbone recomputed for
   every batch of every epoch (``cache_features=False``), float32 throughout, the backbone
-  fed NCHW tensors and a whole batch per pass (no activation budget), and coupling blocks
+  fed NCHW tensors and a whole batch per pass (no activation budget), coupling blocks
   differentiated by autograd from their plain formula (``plain_coupling_forward`` below, the
-  same maths as ``skfastflow.nn.AllInOneBlock``);
+  same maths as ``skfastflow.nn.AllInOneBlock``), and glibc's default heap policy (freed
+  large blocks go back to the system; no ``skfastflow.heap.reuse_freed_memory``);
 - ``default``: skfastflow as it comes: features cached once, the backbone fed channels_last
   (NHWC) tensors in passes whose activations fit 32 MiB, NHWC convolutions in the coupling
-  subnets with few channels, the coupling blocks' hand-written backward pass,
-  ``training_precision="auto"`` (bfloat16 convolutions in the flows on CPUs with native
-  bfloat16, AVX512-BF16 or AMX; float32 elsewhere), float32 inference;
+  subnets with few channels, the coupling blocks' hand-written backward pass, freed memory
+  kept for reuse while training, ``training_precision="auto"`` (bfloat16 convolutions in the
+  flows on CPUs with native bfloat16, AVX512-BF16 or AMX; float32 elsewhere), float32
+  inference;
 - ``bfloat16``: the default plus ``inference_precision="auto"`` (opt-in): bfloat16 backbone
   and flow convolutions when scoring, on such CPUs.
 
@@ -31,6 +33,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -88,10 +91,12 @@ def run_one(arguments: argparse.Namespace) -> dict:
 
     torch.set_num_threads(arguments.threads)
     if arguments.configuration == "baseline":
+        from skfastflow import detector as detector_module
         from skfastflow.nn import AllInOneBlock
         from skfastflow.nn.backbone import FeatureExtractor
 
         AllInOneBlock.forward = plain_coupling_forward
+        detector_module.reuse_freed_memory = contextlib.nullcontext  # glibc's default heap policy
         FeatureExtractor.memory_format = torch.contiguous_format
         FeatureExtractor.activation_budget = 2**62  # every batch in one pass
     X_train, X_test = load_images(arguments.data, arguments.n_train, arguments.n_test, arguments.image_size)

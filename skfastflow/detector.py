@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from . import __version__, persistence
 from .features import CachedFeatures, StreamedFeatures
+from .heap import reuse_freed_memory
 from .images import ImageCollection, resize_maps
 from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
@@ -360,7 +361,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             if self.early_stopping
             else None
         )
-        history = self._train(model, train_features, validation_features, rng)
+        with reuse_freed_memory():
+            history = self._train(model, train_features, validation_features, rng)
 
         model.eval()
         # offset_ comes from the held-out images when there are any, else (as IsolationForest

@@ -104,7 +104,11 @@ class AllInOneBlock(nn.Module):
         return 0.1 * F.softplus(self.global_scale, beta=0.5)
 
     def _coupling(self, x1: torch.Tensor) -> torch.Tensor:
-        """``0.1 * subnet(x1)``: the raw log-scale (first half) and the shift (second half)."""
+        """``(0.2, 0.1) * subnet(x1)``: twice the raw log-scale (first half), the shift (second half).
+
+        The first half is the logit ``u`` of ``tanh(0.1 a) = 2 * sigmoid(u) - 1`` (the same
+        function: torch's CPU ``tanh`` takes six times as long as its ``sigmoid``).
+        """
         first, _, last = self.subnet
         if self.subnet_memory_format is torch.channels_last:
             # One pass converts both layout and (under autocast) dtype; the output comes back
@@ -112,9 +116,11 @@ class AllInOneBlock(nn.Module):
             dtype = torch.get_autocast_dtype(x1.device.type) if torch.is_autocast_enabled(x1.device.type) else x1.dtype
             x1 = x1.to(dtype, memory_format=torch.channels_last)
         hidden = F.relu(first(x1), inplace=True)
-        # 0.1 * conv(h; W, b) == conv(h; 0.1 W, 0.1 b): scaling the weights instead of the
-        # output spares a pass over the largest tensor of the block, in both directions.
-        return F.conv2d(hidden, 0.1 * last.weight, 0.1 * last.bias, padding=last.padding)
+        # c * conv(h; W, b) == conv(h; c W, c b): scaling the weights instead of the output
+        # spares a pass over the largest tensor of the block, in both directions.
+        factors = torch.full((last.out_channels,), 0.1, dtype=last.weight.dtype, device=last.weight.device)
+        factors[: self.split_sizes[1]] = 0.2
+        return F.conv2d(hidden, factors[:, None, None, None] * last.weight, factors * last.bias, padding=last.padding)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``x`` to the latent side; return ``(y, log|det J|)`` with one value per sample."""
@@ -128,19 +134,21 @@ class AllInOneBlock(nn.Module):
         """Map a latent ``y`` back to the input side (exact inverse of :meth:`forward`)."""
         x = (y[:, self.inverse_permutation] - self.global_offset) / self._scale()
         x1, x2 = torch.split(x, self.split_sizes, dim=1)
-        raw_log_scale, shift = self._coupling(x1).chunk(2, dim=1)
-        return torch.cat((x1, (x2 - shift) * torch.exp(-self.clamp * torch.tanh(raw_log_scale))), dim=1)
+        logit, shift = self._coupling(x1).chunk(2, dim=1)
+        log_scale = self.clamp * (2.0 * torch.sigmoid(logit) - 1.0)
+        return torch.cat((x1, (x2 - shift) * torch.exp(-log_scale)), dim=1)
 
 
 class _AffineCoupling(torch.autograd.Function):
     """The elementwise part of a coupling step, with a hand-written backward pass.
 
-    Given the block input ``x`` and ``coupling = 0.1 * subnet(x1)``, returns
+    Given the block input ``x`` and ``coupling`` from :meth:`AllInOneBlock._coupling`, returns
     ``permute(concat(x1, x2 * exp(s) + t) * scale + offset)`` with
-    ``s = clamp * tanh(coupling[:, :C // 2])``, ``t = coupling[:, C // 2:]``, and ``sum(s)``
-    per sample. Autograd would build this from about a dozen full-size intermediate tensors
-    (zero-filled gradients for every slice, a scatter for the permutation); this backward
-    needs a handful of passes and keeps only ``tanh`` and ``exp(s)``, which on CPU roughly
+    ``s = clamp * (2 * sigmoid(coupling[:, :C // 2]) - 1)`` (FrEIA's ``clamp * tanh(0.1 a)``),
+    ``t = coupling[:, C // 2:]``, and ``sum(s)`` per sample. Autograd would build this from
+    about a dozen full-size intermediate tensors (zero-filled gradients for every slice, a
+    scatter for the permutation); this backward needs a handful of passes and keeps only
+    the sigmoid and ``exp(s)``, which on CPU roughly
     halves the time the flows spend outside their convolutions. Checked against autograd
     of the plain formula with :func:`torch.autograd.gradcheck` in ``tests/test_nn.py``.
     """
@@ -149,9 +157,11 @@ class _AffineCoupling(torch.autograd.Function):
     def forward(ctx, x, coupling, scale, offset, permutation, inverse_permutation, clamp):
         n_passive = x.shape[1] - coupling.shape[1] // 2
         x1, x2 = x[:, :n_passive], x[:, n_passive:]
-        raw_log_scale, shift = coupling.to(x.dtype, memory_format=torch.contiguous_format).chunk(2, dim=1)
-        tanh = torch.tanh(raw_log_scale)
-        growth = torch.mul(tanh, clamp).exp_()
+        logit, shift = coupling.to(x.dtype, memory_format=torch.contiguous_format).chunk(2, dim=1)
+        # clamp * tanh(logit / 2), through the sigmoid (see AllInOneBlock._coupling).
+        sigmoid = torch.sigmoid(logit)
+        log_scale = torch.mul(sigmoid, 2.0 * clamp).sub_(clamp)
+        growth = torch.exp(log_scale)
         # The global affine is applied in channel order and the permutation last, as one
         # gather into a fresh tensor: the same arithmetic as permuting first, in fewer passes.
         unpermuted = torch.empty_like(x)
@@ -160,14 +170,14 @@ class _AffineCoupling(torch.autograd.Function):
         torch.addcmul(shift, x2, growth, out=active)
         torch.addcmul(offset[:, n_passive:], active, scale[:, n_passive:], out=active)
         y = torch.index_select(unpermuted, 1, permutation)
-        ctx.save_for_backward(x2, tanh, growth, y, scale, offset, permutation, inverse_permutation)
+        ctx.save_for_backward(x2, sigmoid, growth, y, scale, offset, permutation, inverse_permutation)
         ctx.clamp, ctx.coupling_dtype = clamp, coupling.dtype
         ctx.coupling_format = torch.channels_last if coupling.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        return y, clamp * tanh.sum(dim=(1, 2, 3))
+        return y, log_scale.sum(dim=(1, 2, 3))
 
     @staticmethod
     def backward(ctx, grad_y, grad_log_jacobian):
-        x2, tanh, growth, y, scale, offset, permutation, inverse_permutation = ctx.saved_tensors
+        x2, sigmoid, growth, y, scale, offset, permutation, inverse_permutation = ctx.saved_tensors
         n_passive = y.shape[1] - x2.shape[1]
         # Through the global affine and the permutation, back to channel order.
         grad_offset = grad_y.sum(dim=(0, 2, 3), keepdim=True)[:, inverse_permutation]
@@ -177,15 +187,16 @@ class _AffineCoupling(torch.autograd.Function):
         grad_scale = (grad_x.sum(dim=(0, 2, 3), keepdim=True)[:, inverse_permutation] - offset * grad_offset) / scale
         torch.index_select(grad_y, 1, inverse_permutation, out=grad_x).mul_(scale)
         grad_y2 = grad_x[:, n_passive:]
-        # d/d raw of clamp * tanh(raw) is clamp * (1 - tanh**2); the gradient of the coupling
-        # is rounded once, straight into the subnet's dtype.
-        grad_raw = torch.mul(grad_y2, x2).mul_(growth)
+        # d/d logit of clamp * (2 sigmoid(logit) - 1) is 2 clamp sigmoid (1 - sigmoid); the
+        # gradient of the coupling is rounded once, straight into the subnet's dtype.
+        grad_log_scale = torch.mul(grad_y2, x2).mul_(growth)
         if grad_log_jacobian is not None:
-            grad_raw.add_(grad_log_jacobian[:, None, None, None])
-        tanh_slope = torch.addcmul(tanh.new_full((), ctx.clamp).expand_as(tanh), tanh, tanh, value=-ctx.clamp)
+            grad_log_scale.add_(grad_log_jacobian[:, None, None, None])
+        grad_log_scale.mul_(2.0 * ctx.clamp)
+        sigmoid_slope = torch.addcmul(sigmoid, sigmoid, sigmoid, value=-1.0)
         grad_coupling = torch.empty(grad_y2.shape[0], 2 * grad_y2.shape[1], *grad_y2.shape[2:], dtype=ctx.coupling_dtype, device=grad_y2.device, memory_format=ctx.coupling_format)
-        grad_raw_out, grad_shift = grad_coupling.chunk(2, dim=1)
-        torch.mul(grad_raw, tanh_slope, out=grad_raw_out)
+        grad_logit, grad_shift = grad_coupling.chunk(2, dim=1)
+        torch.mul(grad_log_scale, sigmoid_slope, out=grad_logit)
         grad_shift.copy_(grad_y2)
         grad_y2.mul_(growth)
         return grad_x, grad_coupling, grad_scale, grad_offset, None, None, None
