@@ -6,9 +6,11 @@ to 32 MiB) with fresh pages from the kernel and unmaps them again on ``free``, s
 pays a zero-filled page fault on each 4 KiB page it touches first: 140 000 faults (550 MiB)
 per step for ResNet-18's flows at batch 32 on CPU, 10 % of the step's time. Inside
 :func:`reuse_freed_memory`, ``malloc`` takes large blocks from its heap and keeps freed ones
-there for the next step (no mmap, no trimming); on leaving, glibc's defaults come back and
-``malloc_trim`` returns the kept memory to the system. The peak is that of the live
-tensors, as before; only the memory between steps is kept rather than returned.
+there for the next step (no mmap, no trimming); on leaving, glibc's default values come
+back and ``malloc_trim`` returns the kept memory to the system. (The mmap threshold then
+stays where glibc's adaptation had taken it: any ``mallopt`` call ends that adaptation for
+the rest of the process.) The peak is that of the live tensors, as before; only the
+memory between steps is kept rather than returned.
 
 On other C libraries (macOS, Windows, musl) this does nothing.
 """
