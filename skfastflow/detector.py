@@ -135,10 +135,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         AMX), where scoring runs about 1.5 times as fast, and float32 elsewhere (other CPUs,
         GPUs). Against float32, bfloat16 moved image scores by at most 0.005 (mean 0.0016;
         scores lie in [0, 1]) and single map values by at most 0.07 (mean 0.006) on glass;
-        detection metrics moved by at most 0.011 either way, averaging out over seeds
-        (magnetic_tile, 4 seeds: image AUROC -0.001, pixel AUROC 0.000, AUPRO -0.004;
-        glass: unchanged; ``docs/results.md``). Either way an image's score does not depend
-        on the batch it is scored in. ``"float32"``
+        detection metrics moved by at most 0.016, on average slightly down
+        (magnetic_tile, 5 fits scored both ways: image AUROC -0.003, pixel AUROC -0.002,
+        AUPRO -0.006, against seed-to-seed spreads of 0.013 to 0.016; glass: unchanged;
+        ``docs/quality.md``). Either way an image's score does not depend on the batch it
+        is scored in. ``"float32"``
         gives the same scores on every machine, up to float32 rounding (about 1e-7);
         ``"bfloat16"`` forces bfloat16 everywhere (emulated, hence slow, on other CPUs). A
         detector fitted where ``"auto"`` meant bfloat16 and used where it means float32 (or
