@@ -128,23 +128,21 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         ``min(4 GiB, half the available memory)``, else as float16 (relative rounding
         at most 5e-4), else in a memory-mapped temporary file (exact); see
         :mod:`skfastflow.features`.
-    inference_precision : {"auto", "float32", "bfloat16"}, default="auto"
+    inference_precision : {"float32", "auto", "bfloat16"}, default="float32"
         Arithmetic of the backbone's and flows' convolutions when scoring, and when ``fit``
         scores the good images that set ``offset_`` (maps, scores and everything else stay
-        float32). ``"auto"`` uses bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or
-        AMX), where scoring runs about 1.5 times as fast, and float32 elsewhere (other CPUs,
-        GPUs). Against float32, bfloat16 moved image scores by at most 0.005 (mean 0.0016;
-        scores lie in [0, 1]) and single map values by at most 0.07 (mean 0.006) on glass;
-        detection metrics moved by at most 0.016, on average slightly down
-        (magnetic_tile, 5 fits scored both ways: image AUROC -0.003, pixel AUROC -0.002,
-        AUPRO -0.006, against seed-to-seed spreads of 0.013 to 0.016; glass: unchanged;
-        ``docs/quality.md``). Either way an image's score does not depend on the batch it
-        is scored in. ``"float32"``
-        gives the same scores on every machine, up to float32 rounding (about 1e-7);
-        ``"bfloat16"`` forces bfloat16 everywhere (emulated, hence slow, on other CPUs). A
-        detector fitted where ``"auto"`` meant bfloat16 and used where it means float32 (or
-        the reverse) scores up to the amounts above differently against its ``offset_``;
-        set ``"float32"`` or ``"bfloat16"`` explicitly for the same arithmetic everywhere.
+        float32). The default ``"float32"`` gives the same scores on every machine, up to
+        float32 rounding (about 1e-7). ``"auto"`` uses bfloat16 on CPUs with native
+        bfloat16 (AVX512-BF16 or AMX), where scoring runs about 1.5 times as fast, and
+        float32 elsewhere (other CPUs, GPUs); ``"bfloat16"`` forces it everywhere
+        (emulated, hence slow, on other CPUs). bfloat16 costs some detection quality, the
+        more the longer the flows were trained, through the backbone's rounding: image
+        scores moved by at most 0.005 on glass (mean 0.0016; scores lie in [0, 1]), but on
+        magnetic_tile AUPRO fell by 0.004 on average after 10 epochs and by 0.012 to 0.016
+        after 20 (pixel AUROC by 0.007 to 0.011; ``docs/quality.md``). In every precision
+        an image's score does not depend on the batch it is scored in. A detector fitted
+        where ``"auto"`` meant bfloat16 and used where it means float32 (or the reverse)
+        scores up to the amounts above differently against its ``offset_``.
     training_precision : {"auto", "float32", "bfloat16"}, default="auto"
         Arithmetic of the flows' convolutions during ``fit``; every other operation, the
         loss, the held-out scores and the weights stay float32 (mixed precision).
@@ -271,7 +269,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         image_score=0.01,
         contamination="auto",
         cache_features=True,
-        inference_precision="auto",
+        inference_precision="float32",
         training_precision="auto",
         device="auto",
         random_state=None,
