@@ -211,7 +211,8 @@ def main(argv=None) -> int:
                 offset = detector._offset_from(threshold_scores)
                 rows[epoch] = evaluate(detector, maps, labels, masks, offset)
                 if args.save:
-                    train_maps = anomaly_maps(model, train_features, detector.batch_size, precision)
+                    # Through the scoring path, like the test maps (the cache holds float32 backbone features).
+                    train_maps = np.concatenate([m[:, 0].cpu().numpy() for _, m in detector._image_maps(model, train_images, torch.device("cpu"))])
                     np.savez(args.save / f"epoch{epoch}.npz", test=top_values(maps), train=top_values(train_maps), labels=labels)
             print(
                 f"epoch {epoch:3d}  loss {history['loss_curve'][-1]:11.1f}  "

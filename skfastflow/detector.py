@@ -375,9 +375,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         # offset_ comes from the held-out images when there are any, else (as IsolationForest
         # does) from the training images themselves.
         if validation_features is None:
-            threshold_scores = self._threshold_scores(model, images, train_indices, train_features, device)
+            threshold_indices, threshold_features = train_indices, train_features
         else:
-            threshold_scores = self._threshold_scores(model, images, validation_indices, validation_features, device)
+            threshold_indices, threshold_features = validation_indices, validation_features
+        threshold_scores = self._threshold_scores(model, images, threshold_indices, threshold_features, device)
         if not np.isfinite(threshold_scores).all():
             # A model that scores NaN would silently call every image an inlier.
             raise FloatingPointError(
