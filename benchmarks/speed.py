@@ -11,12 +11,12 @@ Configurations, each run in its own subprocess (so that peak memory is its own):
 - ``default``: skfastflow as it comes: features cached once, the backbone fed channels_last
   (NHWC) tensors in passes whose activations fit 32 MiB, NHWC convolutions in the coupling
   subnets with few channels, the coupling blocks' hand-written backward pass, freed memory
-  kept for reuse while training, ``training_precision="auto"`` (bfloat16 convolutions in the
-  flows on CPUs with native bfloat16, AVX512-BF16 or AMX; float32 elsewhere), float32
-  inference;
-- ``bfloat16``: the default plus ``inference_precision="auto"`` (opt-in; it costs some
-  detection quality, see ``docs/quality.md``): bfloat16 backbone and flow convolutions when
-  scoring, on such CPUs.
+  kept for reuse while training, ``training_precision="auto"`` and
+  ``inference_precision="auto"`` (bfloat16 convolutions in the flows on CPUs with native
+  bfloat16, AVX512-BF16 or AMX; float32 elsewhere; the backbone float32);
+- ``bfloat16``: the default plus ``inference_precision="bfloat16"`` (opt-in; it costs some
+  detection quality, see ``docs/quality.md``): the backbone's convolutions in bfloat16 too
+  when scoring.
 
 All fit the same images for exactly ``--epochs`` epochs (early stopping off) at the same
 batch size, then score the same test images. Training images/s counts ``n_train * epochs``
@@ -47,8 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIGURATIONS = {
     "baseline": dict(cache_features=False, training_precision="float32", inference_precision="float32"),
-    "default": dict(cache_features=True, training_precision="auto", inference_precision="float32"),
-    "bfloat16": dict(cache_features=True, training_precision="auto", inference_precision="auto"),
+    "default": dict(cache_features=True, training_precision="auto", inference_precision="auto"),
+    "bfloat16": dict(cache_features=True, training_precision="auto", inference_precision="bfloat16"),
 }
 
 

@@ -128,21 +128,25 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         ``min(4 GiB, half the available memory)``, else as float16 (relative rounding
         at most 5e-4), else in a memory-mapped temporary file (exact); see
         :mod:`skfastflow.features`.
-    inference_precision : {"float32", "auto", "bfloat16"}, default="float32"
-        Arithmetic of the backbone's and flows' convolutions when scoring, and when ``fit``
-        scores the good images that set ``offset_`` (maps, scores and everything else stay
-        float32). The default ``"float32"`` gives the same scores on every machine, up to
-        float32 rounding (about 1e-7). ``"auto"`` uses bfloat16 on CPUs with native
-        bfloat16 (AVX512-BF16 or AMX), where scoring runs about 1.5 times as fast, and
-        float32 elsewhere (other CPUs, GPUs); ``"bfloat16"`` forces it everywhere
-        (emulated, hence slow, on other CPUs). bfloat16 costs some detection quality, the
-        more the longer the flows were trained, through the backbone's rounding: image
-        scores moved by at most 0.005 on glass (mean 0.0016; scores lie in [0, 1]), but on
-        magnetic_tile AUPRO fell by 0.004 on average after 10 epochs and by 0.012 to 0.016
-        after 20 (pixel AUROC by 0.007 to 0.011; ``docs/quality.md``). In every precision
-        an image's score does not depend on the batch it is scored in. A detector fitted
-        where ``"auto"`` meant bfloat16 and used where it means float32 (or the reverse)
-        scores up to the amounts above differently against its ``offset_``.
+    inference_precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Arithmetic of the convolutions when scoring (:meth:`score_samples`,
+        :meth:`predict_maps`, ...), and when ``fit`` scores the good images that set
+        ``offset_``; maps, scores and every other operation stay float32. ``"auto"`` runs the
+        flows' convolutions in bfloat16 on CPUs with native bfloat16 (AVX512-BF16 or AMX),
+        as ``training_precision="auto"`` trains them, and the backbone in float32: resnet18
+        scores about 1.2 times as fast as in float32 (tf_efficientnet_lite0, whose flows
+        are small, about as fast), image scores move by at most 4e-4 from float32's (mean
+        6e-5; scores lie in [0, 1]) and the measured detection metrics by at most 2e-4
+        (``docs/quality.md``). Elsewhere (other CPUs, GPUs) it is float32. ``"float32"``
+        gives the same scores on every machine, up to float32 rounding (about 1e-7).
+        ``"bfloat16"`` runs the backbone's convolutions in bfloat16 too, everywhere
+        (emulated, hence slow, on CPUs without native bfloat16): about 1.6 times as fast
+        as float32, but the backbone's rounding costs detection quality, the more the
+        longer the flows were trained (magnetic_tile AUPRO -0.004 on average after 10
+        epochs, -0.012 to -0.016 after 20; pixel AUROC -0.007 to -0.011). In every
+        precision an image's score does not depend on the batch it is scored in. A
+        detector fitted where ``"auto"`` meant bfloat16 and used where it means float32 (or
+        the reverse) scores up to the amounts above differently against its ``offset_``.
     training_precision : {"auto", "float32", "bfloat16"}, default="auto"
         Arithmetic of the flows' convolutions during ``fit``; every other operation, the
         loss, the held-out scores and the weights stay float32 (mixed precision).
@@ -269,7 +273,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         image_score=0.01,
         contamination="auto",
         cache_features=True,
-        inference_precision="float32",
+        inference_precision="auto",
         training_precision="auto",
         device="auto",
         random_state=None,
@@ -540,21 +544,21 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     def _threshold_scores(self, model: FastflowModel, images: ImageCollection, indices: np.ndarray, features, device: torch.device) -> np.ndarray:
         """Scores of the good images that set ``offset_``, exactly as :meth:`score_samples` gives them.
 
-        ``features`` holds those images' float32 backbone features (in the same order). A
-        float32 scoring backbone computes the same features, so the flows run on them; a
-        bfloat16 one rounds differently, so then the images take the scoring path itself
+        ``features`` holds those images' backbone features (in the same order). A float32
+        scoring backbone computes the same features to the bit (whatever the batch), so
+        the flows run on them when they are exact; a bfloat16 backbone rounds differently
+        and a float16 cache is rounded, so then the images take the scoring path itself
         (one more backbone pass over them), lest a good image score differently in ``fit``
         than in :meth:`score_samples`.
         """
-        if _uses_bfloat16(self.inference_precision, device):
+        if _uses_bfloat16(_backbone_precision(self.inference_precision), device) or not features.exact:
             scores = [self._image_scores(maps) for _, maps in self._image_maps(model, images, device, indices)]
         else:
             scores = []
             with torch.inference_mode():
                 for start in range(0, len(features), self.batch_size):
                     positions = np.arange(start, min(start + self.batch_size, len(features)))
-                    hidden_variables, _ = model.encode(features.batch(positions))
-                    scores.append(self._image_scores(model.anomaly_map_generator(hidden_variables)))
+                    scores.append(self._image_scores(self._flow_maps(model, features.batch(positions), device)))
         return torch.cat(scores).double().cpu().numpy()
 
     def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
@@ -575,9 +579,15 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         extractor = model.feature_extractor
         with torch.inference_mode():
             for batch in images.batches(self.batch_size, model.input_size, extractor.mean, extractor.std, indices=indices):
-                with _autocast(self.inference_precision, device):  # never yield inside: autocast is global state
-                    maps = model(batch.tensor.to(device))
-                yield batch, maps
+                with _autocast(_backbone_precision(self.inference_precision), device):  # never yield inside: autocast is global state
+                    features = model.extract_features(batch.tensor.to(device))
+                yield batch, self._flow_maps(model, features, device)
+
+    def _flow_maps(self, model: FastflowModel, features: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Anomaly maps ``(n, 1, H, W)`` of backbone features, the flows' convolutions in ``inference_precision``."""
+        with _autocast(self.inference_precision, device):
+            hidden_variables, _ = model.encode(features)
+        return model.anomaly_map_generator(hidden_variables)
 
     # ------------------------------------------------------------------ public predictions
 
@@ -763,6 +773,15 @@ def _bfloat16_is_native(device: torch.device) -> bool:
 def _uses_bfloat16(precision: str, device: torch.device) -> bool:
     """Whether a ``training_precision`` or ``inference_precision`` value means bfloat16 on ``device``."""
     return precision == "bfloat16" or (precision == "auto" and _bfloat16_is_native(device))
+
+
+def _backbone_precision(inference_precision: str) -> str:
+    """The backbone's share of ``inference_precision``: bfloat16 only when asked for outright.
+
+    ``"auto"`` keeps the backbone in float32: its bfloat16 rounding, not the flows', is what
+    costs detection quality (``docs/quality.md``).
+    """
+    return "bfloat16" if inference_precision == "bfloat16" else "float32"
 
 
 def _autocast(precision: str, device: torch.device):

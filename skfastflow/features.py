@@ -86,7 +86,14 @@ class StreamedFeatures:
         refers to ``images[indices[i]]``).
     device : torch.device
         Where features are computed.
+
+    Attributes
+    ----------
+    exact : bool
+        Always True: batches are what the backbone computes from the images.
     """
+
+    exact = True
 
     def __init__(self, model: FastflowModel, images: ImageCollection, indices: np.ndarray, device: torch.device) -> None:
         self.model = model
@@ -130,6 +137,8 @@ class CachedFeatures:
     ----------
     storage : {"float32", "float16", "spill"}
         How the features are kept.
+    exact : bool
+        Whether batches are exactly what the backbone computes (all but ``"float16"``).
     """
 
     def __init__(self, source: StreamedFeatures, batch_size: int, memory_budget: int | None = None) -> None:
@@ -147,6 +156,7 @@ class CachedFeatures:
             try:
                 self.features = self._fill(source, batch_size, shapes, storage)
                 self.storage = storage
+                self.exact = storage != "float16"
                 break
             except _Float16Overflow:
                 continue

@@ -108,7 +108,7 @@ def test_max_image_score_is_the_negated_map_maximum(max_detector, data):
     np.testing.assert_allclose(max_detector.score_samples(test.images[:5]), -maps.reshape(5, -1).max(axis=1), rtol=1e-6)
 
 
-@pytest.mark.parametrize("inference_precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("inference_precision", ["float32", "auto", "bfloat16"])
 @pytest.mark.parametrize("image_score", ["max", 0.05])
 def test_offset_and_predict_use_the_same_image_score(data, image_score, inference_precision):
     X_good, test = data
@@ -116,8 +116,9 @@ def test_offset_and_predict_use_the_same_image_score(data, image_score, inferenc
         **{**FAST, "max_iter": 2}, image_score=image_score, early_stopping=False, inference_precision=inference_precision
     ).fit(X_good[:8])
     # Without early stopping, "auto" with fewer than 10 training images is their lowest score:
-    # fit scores them as score_samples does, in the same precision (bfloat16 moves scores by
-    # about 1e-3, so a threshold from float32 features would not match to this tolerance).
+    # fit scores them as score_samples does, in the same precision (a bfloat16 backbone moves
+    # scores by about 1e-3, so a threshold from float32 features would not match to this
+    # tolerance; bfloat16 flows, under "auto", must be fed the very features score_samples computes).
     assert fitted.offset_ == pytest.approx(fitted.score_samples(X_good[:8]).min(), rel=1e-6)
     scores = fitted.score_samples(test.images)
     np.testing.assert_allclose(fitted.decision_function(test.images), scores - fitted.offset_)

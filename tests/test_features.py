@@ -3,7 +3,9 @@
 - the feature cache is exact: same loss curve as recomputing the backbone every epoch;
 - float16 storage changes features by at most float16 rounding, a spill file not at all;
 - bfloat16 inference changes anomaly maps by at most ``BFLOAT16_MAP_TOLERANCE`` and
-  leaves the ranking of defective against good images as it was;
+  leaves the ranking of defective against good images as it was; ``"auto"`` inference
+  keeps the backbone's features float32 to the bit and changes maps by at most
+  ``AUTO_MAP_TOLERANCE``;
 - bfloat16 (mixed precision) training keeps the cache exact and follows the float32 loss
   curve within ``BFLOAT16_LOSS_TOLERANCE``.
 """
@@ -19,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from skfastflow import FastFlowDetector, features
 from skfastflow.datasets import make_defect_images
+from skfastflow.detector import _bfloat16_is_native
 from skfastflow.features import CachedFeatures, StreamedFeatures
 from skfastflow.images import ImageCollection
 from skfastflow.nn import FastflowModel
@@ -30,6 +33,11 @@ FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=3
 # (mean 0.003) on synthetic textures; on glass's 98 test images 0.074 at single pixels (mean
 # 0.006), image scores by at most 0.005 (mean 0.0016), image AUROC unchanged.
 BFLOAT16_MAP_TOLERANCE = 0.05
+# Largest change of an anomaly map value from inference_precision="auto" (bfloat16 flows,
+# float32 backbone), for this file's small model (measured: 5e-4). Measured with pretrained
+# tf_efficientnet_lite0 at 256x256: 2.8e-3 on magnetic_tile's 472 test maps (mean 2e-4),
+# image scores by at most 3.6e-4; metrics unchanged to 2e-4 (docs/quality.md).
+AUTO_MAP_TOLERANCE = 0.005
 # Relative change of the training loss curve when the cache is float16 instead of float32.
 FLOAT16_LOSS_TOLERANCE = 1e-4  # measured: 1.5e-5
 # Relative change of the training loss curve when the flows' convolutions run in bfloat16.
@@ -152,6 +160,30 @@ def test_bfloat16_inference_stays_within_tolerance_and_keeps_the_ranking(good_im
     assert abs(roc_auc_score(is_good, scores16) - roc_auc_score(is_good, scores32)) <= 0.02
     # score_samples is still the image score (top 1 % mean: 41 of 64 x 64 pixels) of the maps it would draw.
     np.testing.assert_allclose(scores16, -np.sort(maps16.reshape(len(maps16), -1), axis=1)[:, -41:].mean(axis=1), rtol=1e-5)
+
+
+def test_auto_inference_rounds_the_flows_but_not_the_backbone(good_images, cached):
+    test = make_defect_images(16, image_size=64, defect_fraction=0.5, random_state=1)
+    detector = cached
+    seen = {}
+    record = lambda precision: lambda module, inputs, output: seen.setdefault(precision, []).extend(output)  # noqa: E731
+    maps = {}
+    for precision in ("float32", "auto"):
+        hook = detector.model_.feature_extractor.register_forward_hook(record(precision))
+        try:
+            maps[precision] = detector.set_params(inference_precision=precision).predict_maps(test.images)
+        finally:
+            hook.remove()
+            detector.set_params(inference_precision="float32")
+    assert len(seen["auto"]) == len(seen["float32"]) > 0
+    for auto, exact in zip(seen["auto"], seen["float32"]):
+        assert auto.dtype == torch.float32
+        torch.testing.assert_close(auto, exact, rtol=0, atol=0)
+    if _bfloat16_is_native(torch.device("cpu")):
+        assert not np.array_equal(maps["auto"], maps["float32"])  # the flows really ran in bfloat16
+    else:
+        np.testing.assert_array_equal(maps["auto"], maps["float32"])  # float32 where bfloat16 is emulated
+    assert np.abs(maps["auto"] - maps["float32"]).max() <= AUTO_MAP_TOLERANCE
 
 
 def test_bfloat16_training_keeps_the_cache_exact_and_follows_float32(good_images, cached):

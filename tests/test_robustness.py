@@ -346,9 +346,9 @@ def write_pngs(folder, n_images, seed=8):
 
 @pytest.fixture
 def stream_probe(monkeypatch):
-    """Records file reads and model passes, and the most decoded images alive at once."""
+    """Records file reads and backbone passes, and the most decoded images alive at once."""
     probe = {"events": [], "alive": 0, "most_alive": 0}
-    original_read, original_forward = images_module._read_image_file, FastflowModel.forward
+    original_read, original_extract = images_module._read_image_file, FastflowModel.extract_features
 
     def forget():
         probe["alive"] -= 1
@@ -361,12 +361,12 @@ def stream_probe(monkeypatch):
         weakref.finalize(array, forget)
         return array
 
-    def counting_forward(model, images):
+    def counting_extract(model, images):
         probe["events"].append("|")
-        return original_forward(model, images)
+        return original_extract(model, images)
 
     monkeypatch.setattr(images_module, "_read_image_file", counting_read)
-    monkeypatch.setattr(FastflowModel, "forward", counting_forward)
+    monkeypatch.setattr(FastflowModel, "extract_features", counting_extract)
     return probe
 
 

@@ -298,7 +298,7 @@ def test_n_iter_counts_the_epochs_run(fitted):
     assert fitted.n_iter_ == len(fitted.loss_curve_) == TINY["max_iter"]
 
 
-@pytest.mark.parametrize("inference_precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("inference_precision", ["float32", "auto", "bfloat16"])
 def test_per_image_results_do_not_depend_on_order_or_batching(fitted, data, inference_precision):
     _, test, *_ = data
     fitted = pickle.loads(pickle.dumps(fitted)).set_params(inference_precision=inference_precision)
