@@ -144,6 +144,17 @@ def test_float16_and_spilled_caches_train_like_the_float32_cache(good_images, ca
     np.testing.assert_allclose(spilled.loss_curve_, reference.loss_curve_, rtol=1e-5)
 
 
+def test_offset_comes_from_exact_features_when_the_cache_is_float16(cached, monkeypatch):
+    images = make_defect_images(8, image_size=64, defect_fraction=0.0, random_state=2).images
+    float32_bytes = 4 * len(images) * sum(math.prod(shape) for shape in cached.model_.feature_shapes)
+    monkeypatch.setattr(features, "MAX_CACHE_BYTES", float32_bytes // 2)
+    # Without early stopping, "auto" with fewer than 10 images is their lowest score.
+    detector = _fit(images, early_stopping=False)
+    # Scored from the float16 cache, it would miss score_samples' by ~1e-5 and could flag
+    # the very image it was meant to let through.
+    assert detector.offset_ == pytest.approx(detector.score_samples(images).min(), rel=1e-6)
+
+
 def test_bfloat16_inference_stays_within_tolerance_and_keeps_the_ranking(good_images, cached):
     test = make_defect_images(16, image_size=64, defect_fraction=0.5, random_state=1)
     detector = cached
