@@ -9,7 +9,7 @@ Configurations, each run in its own subprocess (so that peak memory is its own):
   same maths as ``skfastflow.nn.AllInOneBlock``), and glibc's default heap policy (freed
   large blocks go back to the system; no ``skfastflow.heap.reuse_freed_memory``);
 - ``default``: skfastflow as it comes: features cached once, the backbone fed channels_last
-  (NHWC) tensors in passes whose activations fit 32 MiB, NHWC convolutions in the coupling
+  (NHWC) tensors in passes whose activations fit 16 MiB, NHWC convolutions in the coupling
   subnets with few channels, the coupling blocks' hand-written backward pass, freed memory
   kept for reuse while training, ``training_precision="auto"`` and
   ``inference_precision="auto"`` (bfloat16 convolutions in the flows on CPUs with native
