@@ -51,7 +51,7 @@ from skfastflow import FastFlowDetector
 from skfastflow.cli import _keyword_or_fraction  # the CLI's own check of --image-score
 from skfastflow.datasets import load_mvtec
 from skfastflow.detector import _autocast, _backbone_precision
-from skfastflow.features import CachedFeatures, StreamedFeatures
+from skfastflow.features import CachedFeatures, StreamedFeatures, batches_in_order
 from skfastflow.images import ImageCollection
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 
@@ -72,8 +72,7 @@ def anomaly_maps(detector: FastFlowDetector, model, features) -> np.ndarray:
     model.eval()
     maps = []
     with torch.inference_mode():
-        for start in range(0, len(features), detector.batch_size):
-            batch = features.batch(np.arange(start, min(start + detector.batch_size, len(features))))
+        for batch in batches_in_order(features, detector.batch_size):
             maps.append(detector._flow_maps(model, batch, torch.device("cpu"))[:, 0].cpu().numpy())
     return np.concatenate(maps)
 

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from . import __version__, persistence
-from .features import CachedFeatures, StreamedFeatures
+from .features import CachedFeatures, StreamedFeatures, batches_in_order
 from .heap import reuse_freed_memory
 from .images import ImageCollection, resize_maps
 from .metrics import _as_boolean_mask, _as_image_list
@@ -532,9 +532,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         dimensions = _n_dimensions(model)
         values = []
         with torch.inference_mode():
-            for start in range(0, len(features), self.batch_size):
-                positions = np.arange(start, min(start + self.batch_size, len(features)))
-                hidden_variables, log_jacobians = model.encode(features.batch(positions))
+            for batch in batches_in_order(features, self.batch_size):
+                hidden_variables, log_jacobians = model.encode(batch)
                 negative_log_likelihood = sum(
                     0.5 * torch.sum(z**2, dim=(1, 2, 3)) - log_jacobian for z, log_jacobian in zip(hidden_variables, log_jacobians)
                 )
@@ -551,14 +550,11 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         (one more backbone pass over them), lest a good image score differently in ``fit``
         than in :meth:`score_samples`.
         """
-        if _uses_bfloat16(_backbone_precision(self.inference_precision), device) or not features.exact:
+        if _backbone_precision(self.inference_precision) == "bfloat16" or not features.exact:
             scores = [self._image_scores(maps) for _, maps in self._image_maps(model, images, device, indices)]
         else:
-            scores = []
             with torch.inference_mode():
-                for start in range(0, len(features), self.batch_size):
-                    positions = np.arange(start, min(start + self.batch_size, len(features)))
-                    scores.append(self._image_scores(self._flow_maps(model, features.batch(positions), device)))
+                scores = [self._image_scores(self._flow_maps(model, batch, device)) for batch in batches_in_order(features, self.batch_size)]
         return torch.cat(scores).double().cpu().numpy()
 
     def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:

@@ -156,7 +156,6 @@ class CachedFeatures:
             try:
                 self.features = self._fill(source, batch_size, shapes, storage)
                 self.storage = storage
-                self.exact = storage != "float16"
                 break
             except _Float16Overflow:
                 continue
@@ -181,6 +180,10 @@ class CachedFeatures:
                     store[start:stop] = feature
         return stores
 
+    @property
+    def exact(self) -> bool:
+        return self.storage != "float16"
+
     def __len__(self) -> int:
         return self.features[0].shape[0]
 
@@ -190,3 +193,9 @@ class CachedFeatures:
             return [torch.from_numpy(scale[positions]).to(self.device) for scale in self.features]
         index = torch.as_tensor(positions, device=self.device)
         return [scale[index].float() for scale in self.features]
+
+
+def batches_in_order(features: StreamedFeatures | CachedFeatures, batch_size: int):
+    """Yield the per-scale batches of ``features``, in order, ``batch_size`` images at a time."""
+    for start in range(0, len(features), batch_size):
+        yield features.batch(np.arange(start, min(start + batch_size, len(features))))
