@@ -146,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--image-score",
-        type=_keyword_or_fraction("max"),
+        type=_keyword_or_fraction("auto", "max"),
         default=detector_defaults["image_score"],
         help="how a map becomes an image score: a fraction q in (0, 0.5], the mean of the hottest q of the map, "
-        "or max (the hottest pixel, as in the paper) (default: %(default)s)",
+        "max (the hottest pixel, as in the paper), or auto (chosen with labelled defects, else the top 1 %%) "
+        "(default: %(default)s)",
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
@@ -221,18 +222,19 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _keyword_or_fraction(keyword: str):
-    """An argparse type for ``--contamination`` / ``--image-score``: ``keyword`` or a number in (0, 0.5]."""
+def _keyword_or_fraction(*keywords: str):
+    """An argparse type for ``--contamination`` / ``--image-score``: one of ``keywords`` or a number in (0, 0.5]."""
 
     def parse(text: str) -> str | float:
-        if text == keyword:
+        if text in keywords:
             return text
         try:
             value = float(text)
         except ValueError:
             value = -1.0
         if not 0.0 < value <= 0.5:
-            raise argparse.ArgumentTypeError(f"expected {keyword!r} or a number in (0, 0.5], e.g. 0.01, got {text!r}")
+            named = " or ".join(repr(keyword) for keyword in keywords)
+            raise argparse.ArgumentTypeError(f"expected {named} or a number in (0, 0.5], e.g. 0.01, got {text!r}")
         return value
 
     return parse

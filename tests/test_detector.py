@@ -14,6 +14,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from skfastflow import FastFlowDetector
+from skfastflow.thresholds import robust_offset
 from skfastflow.datasets import make_defect_images
 
 FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=8, batch_size=16, random_state=0)
@@ -115,11 +116,13 @@ def test_offset_and_predict_use_the_same_image_score(data, image_score, inferenc
     fitted = FastFlowDetector(
         **{**FAST, "max_iter": 2}, image_score=image_score, early_stopping=False, inference_precision=inference_precision
     ).fit(X_good[:8])
-    # Without early stopping, "auto" with fewer than 10 training images is their lowest score:
-    # fit scores them as score_samples does, in the same precision (a bfloat16 backbone moves
-    # scores by about 1e-3, so a threshold from float32 features would not match to this
-    # tolerance; bfloat16 flows, under "auto", must be fed the very features score_samples computes).
-    assert fitted.offset_ == pytest.approx(fitted.score_samples(X_good[:8]).min(), rel=1e-6)
+    # Without early stopping the threshold's scores are the training images' own: fit scores
+    # them as score_samples does, in the same precision (a bfloat16 backbone moves scores by
+    # about 1e-3, so a threshold from float32 features would not match to this tolerance;
+    # bfloat16 flows, under "auto", must be fed the very features score_samples computes).
+    training_scores = fitted.score_samples(X_good[:8])
+    np.testing.assert_allclose(fitted.calibration_scores_, training_scores, rtol=1e-6)
+    assert fitted.offset_ == pytest.approx(robust_offset(training_scores), rel=1e-6)
     scores = fitted.score_samples(test.images)
     np.testing.assert_allclose(fitted.decision_function(test.images), scores - fitted.offset_)
     np.testing.assert_array_equal(fitted.predict(test.images), np.where(scores < fitted.offset_, -1, 1))
@@ -214,7 +217,8 @@ def test_offset_uses_held_out_good_images_and_contamination(data):
     X_good, _ = data
     auto = FastFlowDetector(**{**FAST, "validation_fraction": 0.5}).fit(X_good)
     held_out_scores = auto.score_samples(_held_out_images(auto, X_good))
-    assert auto.offset_ <= held_out_scores.min()  # "auto" never flags a held-out good image
+    np.testing.assert_allclose(np.sort(auto.calibration_scores_), np.sort(held_out_scores), rtol=1e-6)
+    assert auto.offset_ == pytest.approx(robust_offset(held_out_scores), rel=1e-6)
     tenth = FastFlowDetector(**{**FAST, "validation_fraction": 0.5, "contamination": 0.1}).fit(X_good)
     held_out_scores = tenth.score_samples(_held_out_images(tenth, X_good))
     assert tenth.offset_ == pytest.approx(np.percentile(held_out_scores, 10), rel=1e-6)
