@@ -66,6 +66,7 @@ from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 __all__ = [
     "ImageWarning",
     "SkippedFile",
+    "describe_skipped",
     "image_suffixes",
     "image_to_array",
     "list_images",
