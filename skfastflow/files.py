@@ -53,6 +53,7 @@ what to do with the file; every warning is an :class:`ImageWarning` naming the f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -66,11 +67,14 @@ from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 __all__ = [
     "ImageWarning",
     "SkippedFile",
+    "check_image_path",
     "describe_skipped",
+    "grouped_image_warnings",
     "image_suffixes",
     "image_to_array",
     "list_images",
     "read_image",
+    "read_image_size",
     "read_mask",
 ]
 
@@ -243,10 +247,72 @@ def list_images(folder, *, recursive: bool = True, return_skipped: bool = False)
 
 
 def describe_skipped(skipped: list[SkippedFile], limit: int = 5) -> str:
-    """One sentence naming skipped entries (the first ``limit``) and why."""
+    """One sentence naming skipped entries (the first ``limit``) and why.
+
+    Parameters
+    ----------
+    skipped : list of SkippedFile
+        As :func:`list_images` returns them.
+    limit : int, default=5
+        Entries named; the rest are counted.
+
+    Returns
+    -------
+    sentence : str
+        E.g. ``"skipped 2 entries: notes.txt (not an image file (suffix '.txt')); .DS_Store (hidden file)"``.
+    """
     names = "; ".join(f"{item.path.name} ({item.reason})" for item in skipped[:limit])
     more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
-    return f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not image files: {names}{more}"
+    return f"skipped {len(skipped)} {'entry' if len(skipped) == 1 else 'entries'}: {names}{more}"
+
+
+@contextlib.contextmanager
+def grouped_image_warnings(limit: int = 3):
+    """Gather the :class:`ImageWarning` s of a block and give each kind once, naming its files.
+
+    Reading a data set can raise the same warning for hundreds of files (JPEG masks, say).
+    Inside the block, image warnings are held back; on leaving it, each distinct warning
+    (its text with the file's name taken out) is given once, with the first ``limit``
+    files it concerns named and the others counted. Other warnings pass unchanged.
+
+    Uses :class:`warnings.catch_warnings`, which changes process-wide state: do not use
+    it in several threads at once.
+
+    Parameters
+    ----------
+    limit : int, default=3
+        Files named per kind of warning.
+
+    Examples
+    --------
+    >>> from skfastflow.files import grouped_image_warnings
+    >>> with grouped_image_warnings():  # doctest: +SKIP
+    ...     masks = [read_mask(path) for path in mask_paths]
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # also when the block fails: its warnings still count
+        _warn_grouped(caught, limit)
+
+
+def _warn_grouped(caught, limit: int) -> None:
+    groups: dict[str, list] = {}
+    for record in caught:
+        message = record.message
+        if isinstance(message, ImageWarning) and message.source:
+            groups.setdefault(str(message).replace(message.source, "{}"), []).append(message)
+        else:
+            warnings.warn_explicit(message, record.category, record.filename, record.lineno, source=record.source)
+    for group in groups.values():
+        first = group[0]
+        text = str(first)
+        if len(group) > 1:
+            names = ", ".join(repr(other.source) for other in group[1 : limit + 1])
+            more = f" and {len(group) - 1 - limit} more" if len(group) - 1 > limit else ""
+            text += f" The same holds for {len(group) - 1} other file(s): {names}{more}."
+        warnings.warn(ImageWarning(text, source=first.source), stacklevel=4)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -299,12 +365,47 @@ def read_image(path) -> np.ndarray:
     (64, 48, 3)
     """
     path = os.fspath(path)
-    _check_file(path)
+    with _opened(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        image.load()
+        return image_to_array(image, source=path, frames=frames)
+
+
+def read_image_size(path) -> tuple[int, int]:
+    """The displayed ``(height, width)`` of an image file, mostly from its header.
+
+    What ``read_image(path).shape[:2]`` would be (EXIF orientation 5 to 8 swaps the
+    stored sides), without decoding the pixels of most formats.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An image file.
+
+    Returns
+    -------
+    size : tuple of 2 ints
+        Height and width in pixels.
+
+    Raises
+    ------
+    ValueError
+        As for :func:`read_image`, for a path or a file that cannot be opened.
+    """
+    path = os.fspath(path)
+    with _opened(path) as image:
+        width, height = image.size
+        orientation = _orientation(image, path, repr(path), quiet=True)  # read_image warns, not this
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+@contextlib.contextmanager
+def _opened(path: str):
+    """``Image.open(path)``, with every way a file can fail turned into a ValueError naming it."""
+    check_image_path(path)
     try:
         with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-            image.load()
-            return image_to_array(image, source=path, frames=frames)
+            yield image
     except Image.DecompressionBombError as error:
         raise ValueError(
             f"image file {path!r} is too large to read safely ({error}). If it is a genuine image, split it "
@@ -347,9 +448,8 @@ def read_mask(path) -> np.ndarray:
     Warns
     -----
     ImageWarning
-        When the mask holds values between 0 and its top (255, 65535 or 1), naming the
-        file and the count, or when it holds only 0 and 1; besides :func:`read_image`'s
-        warnings.
+        When the mask holds values between 0 and its top (255, 65535 or 1), or only 0
+        and 1, naming the file; besides :func:`read_image`'s warnings.
     """
     path = os.fspath(path)
     pixels = read_image(path)
@@ -363,13 +463,11 @@ def read_mask(path) -> np.ndarray:
             f"1 = defect. To be unambiguous, re-save it with defect pixels {top:g}.",
         )
         return pixels == 1
-    count = int(np.count_nonzero((pixels > 0) & (pixels < top)))
-    if count:
+    if ((pixels > 0) & (pixels < top)).any():
         _warn(
             path,
-            f"mask {path!r} holds {count} pixels with values between 0 and {top:g} (a JPEG or anti-aliased "
-            f"mask); pixels above {top / 2:g} are read as defect. Save masks as PNG with only 0 and {top:g} "
-            "to make them exact.",
+            f"mask {path!r} holds values between 0 and {top:g} (a JPEG or anti-aliased mask); pixels above "
+            f"{top / 2:g} are read as defect. Save masks as PNG with only 0 and {top:g} to make them exact.",
         )
     return pixels > top / 2
 
@@ -418,7 +516,19 @@ def image_to_array(image, *, source: str | None = None, frames: int = 1) -> np.n
     return np.ascontiguousarray(_upright(pixels, orientation))
 
 
-def _check_file(path: str) -> None:
+def check_image_path(path) -> None:
+    """Refuse a path that is not an existing file, before anything is read.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is a folder or does not exist; the message says what to pass instead.
+    """
+    path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(
             f"{path!r} is a folder, not an image file; pass the image files in it, e.g. "
@@ -433,15 +543,19 @@ def _warn(source: str | None, message: str) -> None:
     warnings.warn(ImageWarning(message, source=source), stacklevel=3)
 
 
-def _orientation(image, source, name) -> int:
-    """The EXIF orientation (1..8) of ``image``; 1 when absent or unusable."""
+def _orientation(image, source, name, quiet: bool = False) -> int:
+    """The EXIF orientation (1..8) of ``image``; 1, with a warning unless ``quiet``, when absent or unusable."""
     try:
         value = image.getexif().get(_ORIENTATION_TAG, 1)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged EXIF blocks
+        if quiet:
+            return 1
         _warn(source, f"image file {name} has an EXIF block Pillow cannot parse ({error}); it is read as stored, without "
               "orientation. Re-save it with a photo editor to repair the metadata.")
         return 1
     if value not in range(1, 9):
+        if quiet:
+            return 1
         _warn(source, f"image file {name} has an EXIF orientation of {value!r}, not one of 1..8; it is read as stored.")
         return 1
     return int(value)
@@ -540,9 +654,8 @@ def _eight_bit(image, source, name) -> np.ndarray:
     if grey_palette and pixels.ndim == 3:
         pixels = pixels[..., 0]
     if alpha is not None and (alpha < _EIGHT_BIT_RANGE).any():
-        _warn(source, f"image file {name} has transparent pixels ({np.count_nonzero(alpha < _EIGHT_BIT_RANGE)} of "
-              f"{alpha.size}); they are read as if shown over black. To choose another background, re-save it "
-              "without transparency.")
+        _warn(source, f"image file {name} has transparent pixels; they are read as if shown over black. To choose "
+              "another background, re-save it without transparency.")
         weight = alpha.astype(np.float32) / _EIGHT_BIT_RANGE
         if pixels.ndim == 3:
             weight = weight[..., None]
