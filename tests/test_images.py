@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from skfastflow.images import GREY_TOLERANCE, ImageCollection
+from skfastflow.images import GREY_TOLERANCE, ImageCollection, resize_maps
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -354,3 +354,51 @@ def test_mixed_fit_accepts_everything():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         list(ImageCollection(X, fitted_colour_mode="mixed").batches(2, SIZE, MEAN, STD))
+
+
+# ----------------------------------------------------------------- maps back to each image's size
+
+def half_pixel_bilinear(values, size):
+    """``values`` (h, w) resized to ``size`` by bilinear interpolation, pixel centres at half-integers.
+
+    Output pixel ``i`` of ``n_out`` samples the input at ``(i + 0.5) * n_in / n_out - 0.5``,
+    clamped to the first and last input pixel: the convention by which the images were
+    resized to ``input_size``, so that each map pixel lies over its image pixel.
+    """
+
+    def weights(n_in, n_out):
+        position = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, n_in - 1)
+        matrix = np.zeros((n_out, n_in))
+        np.add.at(matrix, (np.arange(n_out), low), 1 - (position - low))
+        np.add.at(matrix, (np.arange(n_out), high), position - low)
+        return matrix
+
+    return weights(values.shape[0], size[0]) @ values @ weights(values.shape[1], size[1]).T
+
+
+def test_a_map_resized_to_twice_its_width_keeps_pixel_centres_aligned():
+    # Centres at half-integers: the new pixels sit a quarter of the way between the old ones.
+    # Corner alignment (align_corners=True) would give [0, 1/3, 2/3, 1].
+    (resized,) = resize_maps(torch.tensor([[[[0.0, 1.0]]]]), [(1, 4)])
+    np.testing.assert_allclose(resized, [[0.0, 0.25, 0.75, 1.0]], atol=1e-7)
+    # Halving the size averages pairs of pixels (no antialiasing filter beyond that).
+    (halved,) = resize_maps(torch.tensor([[[[0.0, 1.0, 2.0, 3.0]]]]), [(1, 2)])
+    np.testing.assert_allclose(halved, [[0.5, 2.5]], atol=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    input_size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    sizes=st.lists(st.sampled_from([(1, 1), (3, 5), (8, 8), (13, 6), (7, 20)]), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_each_map_comes_back_at_its_own_size_and_from_its_own_values(input_size, sizes, seed):
+    # Maps of one size are resized together; each must still get its own values back.
+    maps = np.random.default_rng(seed).random((len(sizes), 1, *input_size)).astype(np.float32)
+    resized = resize_maps(torch.from_numpy(maps), sizes)
+    assert len(resized) == len(sizes)
+    for anomaly_map, size, result in zip(maps, sizes, resized):
+        assert result.shape == size
+        np.testing.assert_allclose(result, half_pixel_bilinear(anomaly_map[0].astype(np.float64), size), atol=1e-6)
