@@ -111,7 +111,10 @@ def _unit_tensor(array: np.ndarray, scale: float) -> torch.Tensor:
     """
     if array.ndim == 2:
         array = array[:, :, None]
-    tensor = torch.from_numpy(np.ascontiguousarray(array[:, :, :3], dtype=np.float32))
+    pixels = np.ascontiguousarray(array[:, :, :3], dtype=np.float32)
+    if not pixels.flags.writeable:  # e.g. a read-only memory map, which torch cannot wrap
+        pixels = pixels.copy()
+    tensor = torch.from_numpy(pixels)
     if scale != 1.0:  # integer pixels, so the tensor is a fresh copy
         tensor.div_(scale)
     return tensor.permute(2, 0, 1)[None]

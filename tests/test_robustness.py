@@ -20,6 +20,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from skfastflow import FastFlowDetector
+from skfastflow import batch_scoring
 from skfastflow import images as images_module
 from skfastflow import persistence
 from skfastflow.cli import main
@@ -87,7 +88,7 @@ BAD_INPUTS = {
     "torch tensor": (torch.zeros(2, 3, 8, 8), TypeError, "permute"),
     "nested lists": (np.zeros((2, 8, 8), np.uint8).tolist(), TypeError, "np.asarray"),
     "single path": ("image.png", TypeError, "single path"),
-    "missing path": (["does/not/exist.png"], ValueError, r"X\[0\]: image file 'does/not/exist.png' does not exist"),
+    "missing path": (["does/not/exist.png"], ValueError, r"^image file 'does/not/exist.png' does not exist; check the path"),
 }
 
 
@@ -140,12 +141,13 @@ def broken_files(tmp_path):
 def test_unreadable_files_name_the_file(colour_detector, broken_files, method):
     good, broken = broken_files
     for path in broken:
-        with pytest.raises(ValueError, match=rf"X\[2\]: cannot read image file '.*{path.name}'"):
+        with pytest.raises(ValueError, match=rf"^cannot read image file '.*{path.name}'.*Replace the file") as error:
             call(colour_detector, method, [good, good, path, good])
+        assert "X" not in str(error.value).replace(str(path), "")
 
 
-def test_a_folder_is_refused_with_the_glob_fix(colour_detector, tmp_path):
-    with pytest.raises(ValueError, match="is a folder.*glob"):
+def test_a_folder_is_refused_with_the_listing_fix(colour_detector, tmp_path):
+    with pytest.raises(ValueError, match="is a folder.*list_images"):
         colour_detector.predict_maps([tmp_path])
 
 
@@ -194,10 +196,22 @@ def test_mixed_and_tiny_sizes_give_maps_at_each_images_size(colour_detector):
 # ----------------------------------------------------------------- grey and colour
 
 @pytest.mark.parametrize("method", ["score_samples", "decision_function", "predict", "predict_maps", "score"])
-def test_grey_detector_refuses_colour_images(grey_detector, method):
+def test_grey_detector_scores_colour_images_and_warns_naming_each(grey_detector, method):
     assert grey_detector.colour_mode_ == "grey"
-    with pytest.raises(ValueError, match=r"X\[0\] is a colour image.*fitted on grey"):
-        getattr(grey_detector, method)(colour_images(2, seed=4))
+    with pytest.warns(UserWarning, match=r"colour image, but the detector was fitted on grey.*scored") as record:
+        result = getattr(grey_detector, method)(colour_images(2, seed=4))
+    assert [str(w.message).split(" ")[0] for w in record if "colour image" in str(w.message)] == ["X[0]", "X[1]"]
+    assert np.isfinite(result).all()
+
+
+def test_colour_stain_on_a_grey_part_scores_as_more_anomalous(grey_detector):
+    grey = colour_images(4, seed=4)[..., 0]
+    frames = np.repeat(grey[..., None], 3, axis=-1)
+    frames[2, 8:24, 8:24] = (150, 60, 20)  # a rust-coloured stain on the third part
+    with pytest.warns(UserWarning, match=r"X\[2\] is a colour image"):
+        scores = grey_detector.score_samples(frames)
+    np.testing.assert_allclose(scores[[0, 1, 3]], grey_detector.score_samples(grey[[0, 1, 3]]), atol=1e-6)
+    assert scores[2] < scores[[0, 1, 3]].min()
 
 
 def test_grey_detector_accepts_grey_stored_as_rgb(grey_detector):
@@ -348,13 +362,13 @@ def write_pngs(folder, n_images, seed=8):
 def stream_probe(monkeypatch):
     """Records file reads and backbone passes, and the most decoded images alive at once."""
     probe = {"events": [], "alive": 0, "most_alive": 0}
-    original_read, original_extract = images_module._read_image_file, FastflowModel.extract_features
+    original_read, original_extract = images_module.read_image, FastflowModel.extract_features
 
     def forget():
         probe["alive"] -= 1
 
-    def counting_read(path, where=""):
-        array = original_read(path, where)
+    def counting_read(path):
+        array = original_read(path)
         probe["events"].append("r")
         probe["alive"] += 1
         probe["most_alive"] = max(probe["most_alive"], probe["alive"])
@@ -365,7 +379,8 @@ def stream_probe(monkeypatch):
         probe["events"].append("|")
         return original_extract(model, images)
 
-    monkeypatch.setattr(images_module, "_read_image_file", counting_read)
+    monkeypatch.setattr(images_module, "read_image", counting_read)
+    monkeypatch.setattr(batch_scoring, "read_image", counting_read)
     monkeypatch.setattr(FastflowModel, "extract_features", counting_extract)
     return probe
 
@@ -411,17 +426,21 @@ def test_cli_predict_streams_files_in_batches(colour_detector, model_file, tmp_p
     assert stream_probe["events"].count("|") == -(-n_images // batch_size)
 
 
-def test_cli_predict_names_an_unreadable_file(colour_detector, model_file, broken_files, capsys):
+def test_cli_predict_names_an_unreadable_file_and_scores_the_others(colour_detector, model_file, broken_files, capsys):
     good, broken = broken_files
-    status = main(["predict", str(model_file(colour_detector)), str(good), str(broken[0])])
-    err = capsys.readouterr().err
+    status = main(["predict", str(model_file(colour_detector)), str(good), str(broken[0]), str(good)])
+    out, err = capsys.readouterr()
     assert status == 2
-    assert f"cannot read image file '{broken[0]}'" in err and "Traceback" not in err
+    assert len([line for line in out.splitlines() if line.endswith(("good", "defective"))]) == 2
+    assert f"skfastflow: error: cannot read image file '{broken[0]}'" in err and "Traceback" not in err
 
 
-def test_cli_predict_refuses_colour_images_for_a_grey_model(grey_detector, model_file, tmp_path, capsys):
+def test_cli_predict_gives_every_verdict_for_colour_images_on_a_grey_model(grey_detector, model_file, tmp_path, capsys):
     paths = write_pngs(tmp_path / "colour", 2)
     status = main(["predict", str(model_file(grey_detector)), *map(str, paths)])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert "is a colour image, but the detector was fitted on grey images only" in err
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert [line.split()[0] for line in out.splitlines()] == [str(path) for path in paths]
+    assert f"skfastflow: warning: image file '{paths[0]}' is a colour image, but the detector was fitted on grey" in err
+    assert f"The same holds for 1 other file(s): '{paths[1]}'" in err
+    assert "X[" not in err
