@@ -216,8 +216,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         None without them.
     colour_mode_ : {"grey", "colour", "mixed"}
         Whether the good training images were all grey (one channel, or three equal
-        channels), all colour, or both. A detector fitted on grey images refuses colour
-        images with a ``ValueError``; one fitted on colour images warns about grey images.
+        channels), all colour, or both. A detector fitted on grey images scores colour
+        images and warns about each (colour on a grey part is a defect to flag); one
+        fitted on colour images warns about grey images. The warnings are
+        :class:`~skfastflow.files.ImageWarning` s naming the image's position in ``X``.
 
     See Also
     --------
@@ -342,7 +344,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, H, W[, C]) or list
             Images: a uint8 (0..255) or float (0..1) array, or a list of arrays, PIL
-            images or file paths of any sizes. Grey images are repeated to RGB.
+            images or file paths of any sizes. Grey images are repeated to RGB. Files
+            and PIL images are read as an image viewer shows them
+            (:func:`skfastflow.files.read_image`: EXIF orientation, colour profile...).
         y : array-like of shape (n_samples,) or pixel masks, default=None
             Optional labels, 1 for good (inlier) and -1 for defective (outlier) images.
             The flows train on inliers only. Outliers are scored with the trained model
@@ -774,6 +778,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             for start in range(0, len(paths), detector.batch_size):
                 maps, scores = detector.predict_maps(paths[start : start + detector.batch_size], return_scores=True)
                 flagged = scores - detector.offset_ < 0
+
+        An unreadable file fails its whole call; for one result per file, errors
+        included, use :func:`skfastflow.batch_scoring.score_files`.
         """
         maps, scores = [], []
         for batch, batch_maps in self._anomaly_maps(X):
