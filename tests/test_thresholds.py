@@ -182,6 +182,18 @@ def test_defects_given_after_fit_give_the_detector_fit_with_them(labelled_fit):
     assert later.offset_ == detector.offset_
 
 
+def test_recalibrating_on_new_good_images_replaces_the_calibration_scores(labelled_fit):
+    import copy
+
+    detector, good, defects, X, y = labelled_fit
+    detector = copy.deepcopy(detector)
+    fresh = textured_images(9, seed=7)
+    detector.set_threshold(good=fresh)
+    np.testing.assert_allclose(detector.calibration_scores_, detector.score_samples(fresh), rtol=1e-6)
+    assert detector.offset_ == labelled_offset(detector.calibration_scores_, detector.defect_scores_)
+    np.testing.assert_array_equal(detector.p_values(fresh[:3]), conformal_p_values(detector.score_samples(fresh[:3]), detector.calibration_scores_))
+
+
 def test_score_reads_y_as_fit_does(labelled_fit):
     detector, good, defects, X, y = labelled_fit
     assert detector.score(X, y) == pytest.approx(detector.score(good), rel=1e-6)
