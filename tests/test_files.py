@@ -86,6 +86,20 @@ def test_every_exif_orientation_reads_as_the_upright_picture(upright, orientatio
     np.testing.assert_array_equal(pixels, upright)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".webp"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_orientation_and_format_reads_upright(tmp_path, orientation, suffix, channels):
+    # Uncompressed TIFFs with orientation 5 to 8 come out scrambled when Pillow 13 maps the file.
+    upright = np.arange(5 * 7 * channels, dtype=np.uint8).reshape(5, 7, channels).squeeze() * 3
+    save_oriented(upright, tmp_path / f"photo{suffix}", orientation, **({"lossless": True} if suffix == ".webp" else {}))
+    pixels = read_image(tmp_path / f"photo{suffix}")
+    if suffix == ".webp" and channels == 1:
+        pixels = pixels[..., 0]  # WebP stores grey as RGB
+    np.testing.assert_array_equal(pixels, upright)
+    assert read_image_size(tmp_path / f"photo{suffix}") == (5, 7)
+
+
 def test_phone_photo_stored_sideways_has_the_displayed_shape(tmp_path):
     # The photo: stored 64 wide and 48 high, Orientation=6, displayed 48 wide and 64 high.
     upright = np.zeros((64, 48, 3), np.uint8)
