@@ -366,13 +366,13 @@ def test_unreadable_files_get_a_file_remedy_naming_them(tmp_path, content):
 # ----------------------------------------------------------------- masks
 
 def scratch(shape=(64, 64)):
-    """A bent 3-pixel-wide scratch, 232 pixels, as a bool mask."""
+    """A bent 3-pixel-wide scratch with a branch: 232 pixels, as a bool mask."""
     mask = np.zeros(shape, bool)
-    rows = np.arange(8, 56)
-    cols = np.rint(10 + 0.6 * (rows - 8) + 6 * np.sin(rows / 9)).astype(int)
+    rows = np.arange(64)
+    cols = np.rint(10 + 0.6 * rows + 6 * np.sin(rows / 9)).astype(int)
     for offset in (-1, 0, 1):
         mask[rows, cols + offset] = True
-    mask[30:33, 40:49] = True  # a branch
+    mask[30:34, 45:55] = True  # the branch
     return mask
 
 
@@ -380,6 +380,7 @@ def test_jpeg_mask_gives_perfect_scores_for_a_map_equal_to_the_scratch(tmp_path)
     from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 
     defect = scratch()
+    assert defect.sum() == 232
     Image.fromarray(defect.astype(np.uint8) * 255).save(tmp_path / "scratch_mask.jpg", quality=75)
     stored = np.asarray(Image.open(tmp_path / "scratch_mask.jpg"))
     assert np.count_nonzero(stored) > 2 * defect.sum()  # "non-zero = defect" would grow the scratch
