@@ -48,6 +48,8 @@ def test_one_atypical_good_image_does_not_drag_the_threshold_down():
 def test_threshold_with_fewer_than_three_scores_is_their_minimum():
     assert robust_offset([0.2397, 0.1532]) == 0.1532
     assert robust_offset([0.4]) == 0.4
+    # From exactly 3 scores on, the spread rule applies: MAD 0.1 around the median 0.5.
+    assert robust_offset([0.4, 0.5, 0.6]) == pytest.approx(0.5 - norm.ppf(0.99) * 1.482602218505602 * 0.1, rel=1e-12)
 
 
 @given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), st.floats(0.001, 0.5))
