@@ -14,13 +14,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from . import __version__, persistence
 from .features import CachedFeatures, StreamedFeatures, batches_in_order
 from .heap import reuse_freed_memory
 from .images import ImageCollection, resize_maps
 from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
+from .nn.anomaly_map import image_scores
 from .nn.model import as_size_pair
+from .persistence import PicklableModel
 
 # A normal image scores below offset_ with about this probability under contamination="auto"
 # (z = 2.576 is the 0.5 % lower tail of a normal distribution).
@@ -48,7 +49,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-class FastFlowDetector(OutlierMixin, BaseEstimator):
+class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
     """Unsupervised image anomaly detection and localisation with FastFlow.
 
     A frozen pretrained CNN (or vision transformer) turns each image into feature maps;
@@ -558,12 +559,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         return torch.cat(scores).double().cpu().numpy()
 
     def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """``score_samples`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (``image_score``): the one rule."""
-        values = maps.flatten(1)
-        if self.image_score == "max":
-            return -values.amax(dim=1)
-        top_count = max(1, round(self.image_score * values.shape[1]))
-        return -values.topk(top_count, dim=1, sorted=False).values.mean(dim=1)
+        """``score_samples`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (``image_score``)."""
+        return image_scores(maps, self.image_score, tuple(maps.shape[2:]))
 
     def _anomaly_maps(self, X):
         """Iterator of ``(ImageBatch, maps (n, 1, H, W))`` of ``X``, batch by batch at ``input_size``."""
@@ -719,27 +716,6 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             conv3x3_only=self.conv3x3_only,
             hidden_ratio=self.hidden_ratio,
         )
-
-    def __getstate__(self):
-        # A copy: object.__getstate__ returns the live __dict__, which must stay untouched.
-        state = dict(super().__getstate__())
-        if "model_" in state:
-            state["_model_state"] = persistence.model_to_state(state.pop("model_"), state.pop("_fitted_model_config"))
-            state["device_"] = str(state["device_"])
-        state["_skfastflow_version"] = __version__
-        state["_skfastflow_format"] = persistence.FORMAT_VERSION
-        return state
-
-    def __setstate__(self, state):
-        persistence.check_readable(state)
-        state = dict(state)
-        del state["_skfastflow_version"], state["_skfastflow_format"]
-        model_state = state.pop("_model_state", None)
-        super().__setstate__(state)
-        if model_state is not None:
-            self.device_ = persistence.loadable_device(self.device_)
-            self.model_ = persistence.model_from_state(model_state, self.device_)
-            self._fitted_model_config = model_state["config"]
 
 
 def _holds_pixel_masks(y) -> bool:

@@ -34,3 +34,31 @@ class AnomalyMapGenerator(nn.Module):
             scale_map = F.interpolate(-probability, size=self.input_size, mode="bilinear", align_corners=False)
             anomaly_map = scale_map if anomaly_map is None else anomaly_map + scale_map
         return anomaly_map / len(hidden_variables)
+
+
+def image_scores(maps: torch.Tensor, image_score: str | float, input_size: tuple[int, int]) -> torch.Tensor:
+    """Image scores of anomaly maps under an ``image_score`` rule: the one rule, for every scorer.
+
+    Higher means more normal (scikit-learn's ``score_samples`` sign).
+
+    Parameters
+    ----------
+    maps : Tensor of shape (N, 1, H, W)
+        Anomaly maps at ``input_size``, values in ``[-1, 0]``.
+    image_score : "max" or float
+        ``"max"``: the map's maximum (the paper's rule); a float ``q`` in ``(0, 0.5]``: the
+        mean of the map's highest ``round(q * H * W)`` values (at least one).
+    input_size : tuple of int
+        ``(H, W)`` of the maps, given rather than read from ``maps`` so that a traced graph
+        holds the number of top values as a constant.
+
+    Returns
+    -------
+    scores : Tensor of shape (N,)
+        Minus the rule's value, in ``[0, 1]``, in the maps' dtype.
+    """
+    values = maps.flatten(1)
+    if image_score == "max":
+        return -values.amax(dim=1)
+    top_count = max(1, round(image_score * input_size[0] * input_size[1]))
+    return -values.topk(top_count, dim=1, sorted=False).values.mean(dim=1)
