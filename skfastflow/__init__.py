@@ -3,33 +3,33 @@
 The estimator is :class:`FastFlowDetector`; the torch layer (:class:`FastflowModel`,
 :class:`FastflowLoss`, :class:`AnomalyMapGenerator`) keeps anomalib's names.
 
-These names are imported on first use, so that ``import skfastflow`` imports neither torch
-nor scikit-learn: the runtime detector (:mod:`skfastflow.runtime`) runs on a line PC that has
-neither installed.
+The public names load torch on first use, not on ``import skfastflow``, so that the
+torch-free modules (:mod:`skfastflow.files`, :mod:`skfastflow.batch_scoring`) can be used
+where torch is not installed.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-# Public name -> the submodule that defines it.
+# Public name -> the submodule that defines it; imported on first access (PEP 562).
 _LAZY_NAMES = {
-    "AnomalyMapGenerator": ".nn",
-    "FastFlowDetector": ".detector",
-    "FastflowLoss": ".nn",
-    "FastflowModel": ".nn",
+    "FastFlowDetector": "detector",
+    "AnomalyMapGenerator": "nn",
+    "FastflowLoss": "nn",
+    "FastflowModel": "nn",
 }
 
 __all__ = ["AnomalyMapGenerator", "FastFlowDetector", "FastflowLoss", "FastflowModel", "__version__"]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
+def __getattr__(name):
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value  # later accesses skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_NAMES))
+def __dir__():
+    return sorted([*globals(), *_LAZY_NAMES])

@@ -139,6 +139,8 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
         When ``detector`` is not fitted.
     FileNotFoundError
         When the destination folder does not exist.
+    ValueError
+        When ``path`` ends with ``.xml``, which the runtime reads as an OpenVINO model.
     ImportError
         When the ``onnx`` package is missing (``pip install skfastflow[onnx]``).
 
@@ -160,6 +162,8 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
 
     metadata = export_metadata(detector)
     path = _checked_destination(path, "export")
+    if path.suffix.lower() == ".xml":
+        raise ValueError(f"{str(path)!r}: the runtime reads .xml files as OpenVINO models; name the ONNX file e.g. {path.stem}.onnx.")
     graph = ScoringGraph(copy.deepcopy(detector.model_).cpu().eval(), detector.image_score).eval()
     # Two images: a batch of one could let the tracer treat the batch axis as a constant 1.
     example = torch.zeros(2, 3, *graph.model.input_size)
