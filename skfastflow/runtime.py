@@ -132,14 +132,36 @@ class RuntimeDetector:
 
     # ------------------------------------------------------------------ scoring
 
-    def _batches(self, X):
-        """Yield ``(original sizes, maps (n, H, W) at input_size, scores (n,) float32)`` batch by batch."""
+    def graph_input(self, X) -> np.ndarray:
+        """What :meth:`score_samples` feeds the graph for images ``X``: read, checked and resized.
+
+        For running the graph with other tools, or calibrating a quantised copy of it.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`score_samples`.
+
+        Returns
+        -------
+        images : ndarray of shape (n_samples, 3, H, W), dtype float32
+            RGB in ``[0, 1]`` at ``input_size_`` (grey images repeated to three channels),
+            before the normalisation the graph applies itself.
+        """
+        return np.concatenate([batch for _, batch in self._graph_batches(X)])
+
+    def _graph_batches(self, X):
+        """Yield ``(original sizes, graph input (n, 3, H, W))`` of at most ``batch_size`` images."""
         images = _ImageInput(X, self.colour_mode_)
         for start in range(0, len(images), self.batch_size):
             unit_images = [images.load(index) for index in range(start, min(start + self.batch_size, len(images)))]
-            batch = np.stack([_to_graph_input(image, self.input_size_) for image in unit_images])
+            yield [image.shape[:2] for image in unit_images], np.stack([_to_graph_input(image, self.input_size_) for image in unit_images])
+
+    def _batches(self, X):
+        """Yield ``(original sizes, maps (n, H, W) at input_size, scores (n,) float32)`` batch by batch."""
+        for sizes, batch in self._graph_batches(X):
             maps, scores = self._run(batch)
-            yield [image.shape[:2] for image in unit_images], maps, scores
+            yield sizes, maps, scores
 
     def score_samples(self, X) -> np.ndarray:
         """Image scores under the exported ``image_score`` rule; lower means more abnormal.
