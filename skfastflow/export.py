@@ -45,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from . import __version__
-from .nn.anomaly_map import image_scores
+from .nn.anomaly_map import scores_by_rule
 from .persistence import write_atomically
 from .runtime import INPUT_NAME, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAMES
 
@@ -57,7 +57,8 @@ class ScoringGraph(nn.Module):
     model : FastflowModel
         A fitted model, in eval mode.
     image_score : "max" or float
-        The detector's image-score rule (see :func:`skfastflow.nn.anomaly_map.image_scores`).
+        The fitted detector's image-score rule, ``image_score_`` (see
+        :func:`skfastflow.nn.anomaly_map.scores_by_rule`).
     """
 
     def __init__(self, model, image_score: str | float) -> None:
@@ -72,7 +73,7 @@ class ScoringGraph(nn.Module):
         """``(anomaly_maps (N, H, W), scores (N,))`` of RGB ``images`` ``(N, 3, H, W)`` in ``[0, 1]``."""
         # (x - mean) / std as the torch detector normalises (skfastflow.images), op for op.
         maps = self.model((images - self.mean) / self.std)
-        return maps[:, 0], image_scores(maps, self.image_score, self.model.input_size)
+        return maps[:, 0], scores_by_rule(maps, (self.image_score,), self.model.input_size)[self.image_score]
 
 
 def export_metadata(detector) -> dict:
@@ -89,10 +90,12 @@ def export_metadata(detector) -> dict:
         JSON-serialisable: ``format`` (:data:`skfastflow.runtime.METADATA_FORMAT`), ``skfastflow_version``,
         ``backbone``, ``input_size`` ``[H, W]``, ``mean`` and ``std`` (per RGB channel, on
         the ``[0, 1]`` scale; applied inside the graph), ``resize`` (the rule that brings
-        an image to ``input_size``), ``image_score`` (``"max"`` or the top fraction),
+        an image to ``input_size``), ``image_score`` (``image_score_``, the rule in effect:
+        ``"max"`` or the top fraction),
         ``offset`` (``offset_``), ``colour_mode`` (``colour_mode_``), ``batch_size``, and
         ``calibration_scores``: the held-out good images' scores (the detector's
-        ``calibration_scores_``, for conformal p-values), or None when it has none.
+        ``calibration_scores_``, for conformal p-values), or None when it has none
+        (a detector pickled before skfastflow kept them).
     """
     check_is_fitted(detector)
     model = detector.model_
@@ -105,7 +108,7 @@ def export_metadata(detector) -> dict:
         "mean": list(model.feature_extractor.mean),
         "std": list(model.feature_extractor.std),
         "resize": "bilinear, antialiased, align_corners=False (torch.nn.functional.interpolate; PIL's BILINEAR on float32)",
-        "image_score": detector.image_score,
+        "image_score": detector.image_score_,
         "offset": float(detector.offset_),
         "colour_mode": detector.colour_mode_,
         "batch_size": int(detector.batch_size),
@@ -164,7 +167,7 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
     path = _checked_destination(path, "export")
     if path.suffix.lower() == ".xml":
         raise ValueError(f"{str(path)!r}: the runtime reads .xml files as OpenVINO models; name the ONNX file e.g. {path.stem}.onnx.")
-    graph = ScoringGraph(copy.deepcopy(detector.model_).cpu().eval(), detector.image_score).eval()
+    graph = ScoringGraph(copy.deepcopy(detector.model_).cpu().eval(), detector.image_score_).eval()
     # Two images: a batch of one could let the tracer treat the batch axis as a constant 1.
     example = torch.zeros(2, 3, *graph.model.input_size)
     with tempfile.TemporaryDirectory(prefix=".", dir=path.parent) as folder:

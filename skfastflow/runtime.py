@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
+from .thresholds import conformal_p_values
 
 #: Layout of the metadata the exporter writes; files with a larger number are refused.
 METADATA_FORMAT = 1
@@ -267,9 +268,7 @@ class RuntimeDetector:
                 f"{self.metadata_['skfastflow_version']} from a detector without calibration_scores_), so it cannot give "
                 "p-values; export the detector again with a current skfastflow."
             )
-        calibration = np.sort(self.calibration_scores_)
-        below_or_equal = np.searchsorted(calibration, self.score_samples(X), side="right")
-        return (1.0 + below_or_equal) / (len(calibration) + 1.0)
+        return conformal_p_values(self.score_samples(X), self.calibration_scores_)
 
 
 # ---------------------------------------------------------------------------- the graph

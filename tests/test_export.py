@@ -115,10 +115,10 @@ def test_metadata_records_what_scoring_needs(tiny, tmp_path):
     assert metadata["input_size"] == [32, 32]
     assert metadata["mean"] == list(tiny.model_.feature_extractor.mean)
     assert metadata["std"] == list(tiny.model_.feature_extractor.std)
-    assert metadata["image_score"] == tiny.image_score
+    assert metadata["image_score"] == tiny.image_score_
     assert metadata["skfastflow_version"] == skfastflow.__version__
     assert metadata["colour_mode"] == "colour"
-    assert metadata["calibration_scores"] is None  # this detector keeps none
+    assert metadata["calibration_scores"] == tiny.calibration_scores_.tolist()
     runtime = RuntimeDetector(path)
     assert (runtime.offset_, runtime.input_size_, runtime.batch_size) == (tiny.offset_, (32, 32), tiny.batch_size)
 
@@ -135,6 +135,7 @@ def test_calibration_scores_travel_and_give_conformal_p_values(tiny, tmp_path):
     assert p_values[0] == (1 + 3) / 5
     expected = (1 + np.array([np.sum(detector.calibration_scores_ <= score) for score in scores])) / 5
     np.testing.assert_array_equal(p_values, expected)
+    np.testing.assert_allclose(p_values, detector.p_values(images))
 
 
 def test_graph_takes_any_batch_size_and_the_export_leaves_the_detector_untouched(tiny, tmp_path):

@@ -1,6 +1,7 @@
 """The torch-free runtime: it imports no torch, reads and resizes images as the torch
 detector does, and its command line runs where torch cannot be imported."""
 
+import copy
 import csv
 import json
 import os
@@ -157,7 +158,10 @@ def test_runtime_refuses_files_it_cannot_use(exported, tmp_path):
         RuntimeDetector(exported, batch_size=0)
 
 
-def test_p_values_need_calibration_scores(exported):
-    runtime = RuntimeDetector(exported)
+def test_p_values_need_calibration_scores(detector, tmp_path):
+    uncalibrated = copy.deepcopy(detector)
+    del uncalibrated.calibration_scores_  # as pickled before detectors kept them
+    runtime = RuntimeDetector(export_onnx(uncalibrated, tmp_path / "uncalibrated.onnx"))
+    assert runtime.calibration_scores_ is None
     with pytest.raises(ValueError, match="holds no calibration scores .* export the detector again"):
         runtime.p_values(np.zeros((1, 32, 32, 3), np.uint8))
