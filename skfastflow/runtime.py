@@ -25,14 +25,13 @@ torch detector's. ``tests/test_runtime.py`` checks both rules against torch.
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from . import __version__
+from .image_input import ImageInput
 from .thresholds import conformal_p_values
 
 #: Layout of the metadata the exporter writes; files with a larger number are refused.
@@ -42,10 +41,6 @@ METADATA_KEY = "skfastflow"
 #: Names of the graph's input and outputs.
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_maps", "scores")
-
-# As skfastflow.images: the largest channel difference (0..1 scale) of an image that is grey.
-_GREY_TOLERANCE = 4.0 / 255.0
-
 
 class RuntimeDetector:
     """A fitted FastFlow detector read from an exported graph, scored without torch.
@@ -152,11 +147,23 @@ class RuntimeDetector:
         return np.concatenate([batch for _, batch in self._graph_batches(X)])
 
     def _graph_batches(self, X):
-        """Yield ``(original sizes, graph input (n, 3, H, W))`` of at most ``batch_size`` images."""
-        images = _ImageInput(X, self.colour_mode_)
+        """Yield ``(original sizes, graph input (n, 3, H, W))`` of at most ``batch_size`` images.
+
+        As the torch detector's batches: checked and read by the same
+        :class:`~skfastflow.image_input.ImageInput`, each image shrunk to ``input_size`` before
+        the next is read, the colour check once per batch.
+        """
+        images = ImageInput(X, fitted_colour_mode=self.colour_mode_)
         for start in range(0, len(images), self.batch_size):
-            unit_images = [images.load(index) for index in range(start, min(start + self.batch_size, len(images)))]
-            yield [image.shape[:2] for image in unit_images], np.stack([_to_graph_input(image, self.input_size_) for image in unit_images])
+            indices = np.arange(start, min(start + self.batch_size, len(images)))
+            sizes, grey, inputs = zip(*(self._shrunk(images, int(index)) for index in indices))
+            images.check_colour(indices, np.array(grey, dtype=bool))
+            yield list(sizes), np.stack(inputs)
+
+    def _shrunk(self, images: ImageInput, index: int) -> tuple[tuple[int, int], bool, np.ndarray]:
+        """Image ``index``: its size, whether it is grey, and its graph input ``(3, *input_size_)``."""
+        image, grey = images.load(index)
+        return image.shape[:2], grey, _to_graph_input(image, self.input_size_)
 
     def _batches(self, X):
         """Yield ``(original sizes, maps (n, H, W) at input_size, scores (n,) float32)`` batch by batch."""
@@ -394,92 +401,3 @@ def _bilinear_taps(n_in: int, n_out: int):
     source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     low = np.minimum(np.floor(source).astype(np.intp), n_in - 1)
     return low, np.minimum(low + 1, n_in - 1), source - low
-
-
-class _ImageInput:
-    """User input ``X`` as float32 images ``(H, W, C)`` in [0, 1], C in {1, 3}, one at a time."""
-
-    def __init__(self, X, fitted_colour_mode: str) -> None:
-        if isinstance(X, (str, os.PathLike)) or isinstance(X, Image.Image):
-            raise TypeError(f"X is a single {'path' if not isinstance(X, Image.Image) else 'PIL image'}; pass a list, e.g. [X].")
-        if isinstance(X, np.ndarray) and X.dtype != object:
-            if X.ndim not in (3, 4):
-                raise ValueError(f"X (array of shape {X.shape}) must have 3 (N, H, W) or 4 (N, H, W, C) dimensions.")
-            self._items = list(X)
-        elif isinstance(X, (list, tuple, np.ndarray)):
-            self._items = list(X)
-        else:
-            raise TypeError(f"X is a {type(X).__name__}; pass a numpy array (N, H, W[, C]) or a list of arrays, PIL images or paths.")
-        if not self._items:
-            raise ValueError("X contains no images; pass at least one image.")
-        self.fitted_colour_mode = fitted_colour_mode
-        self._warned_grey = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def load(self, index: int) -> np.ndarray:
-        item = self._items[index]
-        where = f"X[{index}]"
-        if isinstance(item, (str, os.PathLike)):
-            where = f"{where} (file {os.fspath(item)!r})"
-            try:
-                with Image.open(item) as image:
-                    image.load()
-                    array = _pil_to_array(image)
-            except (OSError, SyntaxError, ValueError) as error:
-                raise ValueError(f"{where}: cannot read the image ({error}); replace the file or leave it out.") from error
-        elif isinstance(item, Image.Image):
-            array = _pil_to_array(item)
-        elif isinstance(item, np.ndarray):
-            array = item
-        else:
-            raise TypeError(f"{where} is a {type(item).__name__}; list items must be numpy arrays, PIL images or file paths.")
-        image = _unit_float(array, where)
-        self._check_colour(image, index)
-        return image
-
-    def _check_colour(self, image: np.ndarray, index: int) -> None:
-        grey = image.shape[2] == 1 or float((image.max(axis=2) - image.min(axis=2)).max()) <= _GREY_TOLERANCE
-        if self.fitted_colour_mode == "grey" and not grey:
-            raise ValueError(
-                f"X[{index}] is a colour image, but the detector was fitted on grey images only, so its score would be "
-                "meaningless. Convert the images to grey, or refit the detector on colour images."
-            )
-        if self.fitted_colour_mode == "colour" and grey and not self._warned_grey:
-            self._warned_grey = True
-            warnings.warn(
-                f"X[{index}] is a grey image, but the detector was fitted on colour images only; grey images tend to score "
-                "as anomalous. Pass colour images, or refit on grey images if the camera now delivers grey.",
-                UserWarning,
-                stacklevel=4,
-            )
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L"):
-        return np.asarray(image, dtype=np.uint16)
-    if image.mode in ("I", "F"):
-        return np.asarray(image)
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
-    return np.asarray(image)
-
-
-def _unit_float(array: np.ndarray, where: str) -> np.ndarray:
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"{where} has shape {array.shape}; an image must be (H, W) or (H, W, C) with 1, 3 or 4 channels.")
-    array = array[:, :, :3]
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / np.float32(65535.0)
-    if array.dtype.kind in "iu":
-        if array.min() < 0 or array.max() > 255:
-            raise ValueError(f"{where} has integer pixels outside 0..255; pass uint8 0..255, uint16, or floats in [0, 1].")
-        return array.astype(np.float32) / np.float32(255.0)
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(f"{where} has float pixels outside [0, 1] or not finite; pass floats in [0, 1].")
-        return array.astype(np.float32)
-    raise TypeError(f"{where} has dtype {array.dtype}, which is not an image type; pass uint8 0..255 or floats in [0, 1].")
