@@ -29,7 +29,9 @@ PACKAGE = "skfastflow"
 # machinery, whose behaviour the estimator's docstrings describe.
 SKIPPED_MODULES = {"skfastflow.cli", "skfastflow.__main__", "skfastflow.features", "skfastflow.images", "skfastflow.image_input"}
 # Methods documented for each class, in this order, when the class defines them.
-CLASS_METHOD_ORDER = ("fit", "score_samples", "decision_function", "predict", "predict_maps", "score", "transform", "forward")
+CLASS_METHOD_ORDER = (
+    "fit", "score_samples", "decision_function", "predict", "predict_maps", "p_values", "graph_input", "score", "transform", "forward"
+)
 # numpydoc sections whose entries are "name : type" followed by an indented description.
 FIELD_SECTIONS = {"Parameters", "Returns", "Yields", "Attributes", "Raises", "Warns", "Other Parameters"}
 

@@ -10,8 +10,8 @@ backbone, the flows, the anomaly map and the image score:
 - output ``anomaly_maps``: float32 ``(N, H, W)`` at ``input_size``, higher = more
   anomalous, in ``[-1, 0]``, as :meth:`~skfastflow.FastFlowDetector.predict_maps` gives them
   before resizing to each image's size;
-- output ``scores``: float32 ``(N,)``, ``score_samples`` under the detector's
-  ``image_score`` rule (higher = more normal, in ``[0, 1]``).
+- output ``scores``: float32 ``(N,)``, ``score_samples`` under the fitted detector's
+  image-score rule ``image_score_`` (higher = more normal, in ``[0, 1]``).
 
 Everything else the detector applies when scoring travels as metadata (see
 :func:`export_metadata`): ``offset_``, ``input_size``, ``mean``/``std``, the image-score rule,
@@ -48,6 +48,7 @@ from . import __version__
 from .nn.anomaly_map import scores_by_rule
 from .persistence import write_atomically
 from .runtime import INPUT_NAME, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAMES
+
 
 class ScoringGraph(nn.Module):
     """The scoring path of a fitted ``FastflowModel`` as one module: what gets exported.

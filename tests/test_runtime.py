@@ -86,8 +86,9 @@ def test_cli_exports_then_predicts_where_torch_cannot_be_imported(detector, imag
     save(detector, model)
     assert main(["export", str(model)]) == 0
     assert f"Exported to {tmp_path / 'model.onnx'}" in capsys.readouterr().out
-    out_csv = tmp_path / "scores.csv"
-    argv = ["predict", str(tmp_path / "model.onnx"), *map(str, image_files), "--csv", str(out_csv), "--threads", "1"]
+    out_csv, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    folder = str(image_files[0].parent)  # listed, read and drawn without torch too
+    argv = ["predict", str(tmp_path / "model.onnx"), folder, "--csv", str(out_csv), "--maps", str(maps), "--threads", "1"]
     process = run_without_torch(f"from skfastflow.cli import main\nsys.exit(main({argv!r}))")
     assert process.returncode == 0, process.stderr
     rows = list(csv.DictReader(out_csv.open()))
@@ -96,6 +97,7 @@ def test_cli_exports_then_predicts_where_torch_cannot_be_imported(detector, imag
     np.testing.assert_allclose([float(row["score"]) for row in rows], expected, rtol=0, atol=1e-5)
     assert [row["verdict"] for row in rows] == ["defective" if score < detector.offset_ else "good" for score in expected]
     assert len(process.stdout.splitlines()) == len(image_files)
+    assert sorted(path.name for path in maps.iterdir()) == sorted(path.name for path in image_files)
 
 
 def test_cli_fit_without_torch_says_what_to_install(tmp_path):
