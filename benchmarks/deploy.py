@@ -29,6 +29,7 @@ Run from the repository root::
 
     python benchmarks/deploy.py                                   # synthetic 256 px, EfficientNet-Lite0
     python benchmarks/deploy.py --data ../shared/datasets/glass --int8
+    python benchmarks/deploy.py --runtime-batch-size 4             # graph runs of 4 images
     python benchmarks/deploy.py --input-size 64 --images 8 --repeats 1   # a quick correctness run
 """
 
@@ -60,6 +61,13 @@ def parse_arguments(argv=None):
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per engine and thread count (default: %(default)s)")
     parser.add_argument("--int8", action="store_true", help="also time an int8 statically quantised ONNX graph")
+    parser.add_argument(
+        "--runtime-batch-size",
+        type=int,
+        default=None,
+        help="images per graph run of the exported models (default: the detector's batch_size, 32); the torch "
+        "detector cuts its batches into cache-sized backbone passes itself, the runtimes do not",
+    )
     return parser.parse_args(argv)
 
 
@@ -158,7 +166,10 @@ def main(argv=None):
 
     X_train, X_test, y_test = load_images(args)
     detector = fit_detector(args, X_train)
-    print(f"{detector.backbone} at {args.input_size} px, {len(X_test)} test images, inference_precision={detector.inference_precision!r}")
+    print(
+        f"{detector.backbone} at {args.input_size} px, {len(X_test)} test images, inference_precision="
+        f"{detector.inference_precision!r}, runtime batch size {args.runtime_batch_size or detector.batch_size}"
+    )
     folder = tempfile.mkdtemp(prefix="skfastflow_deploy_")
     files = {"onnxruntime": export_onnx(detector, os.path.join(folder, "detector.onnx"))}
     try:
@@ -174,7 +185,9 @@ def main(argv=None):
     for threads in [int(value) for value in args.threads.split(",")]:
         torch.set_num_threads(threads)
         engines = {"torch": detector}
-        engines.update((name, RuntimeDetector(path, n_threads=threads)) for name, path in files.items())
+        engines.update(
+            (name, RuntimeDetector(path, batch_size=args.runtime_batch_size, n_threads=threads)) for name, path in files.items()
+        )
         reference = None
         for name, engine in engines.items():
             (maps, scores), wall, cpu = timed(lambda: engine.predict_maps(X_test, return_scores=True), args.repeats)
