@@ -42,6 +42,10 @@ DEMO_TEST_IMAGES = 50
 DEMO_EPOCHS = 20
 DEMO_SEED = 0
 
+# Where fit saves: one model file, or with several DATA_DIRs a folder of them.
+SINGLE_MODEL_FILE = "model.joblib"
+MODELS_FOLDER = "models"
+
 # Fewer held-out good images than this make offset_ a rough guess; fit then says so.
 MIN_RELIABLE_HELD_OUT = 10
 
@@ -100,12 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        help="train a detector on a folder of good images",
+        help="train a detector on a folder of good images (or one per folder)",
         description="Train a detector on good images and save it. DATA_DIR is a folder of good images, "
-        "or an MVTec AD category folder, whose train/good/ images are then used.",
+        "or an MVTec AD category folder, whose train/good/ images are then used. Several DATA_DIRs (one per "
+        "product type) give one model each, named after its folder, in the folder --out; with --scheduler "
+        "they train in parallel on a dask cluster.",
     )
-    fit.add_argument("data_dir", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
-    fit.add_argument("--out", default="model.joblib", help="where to save the model (default: %(default)s)")
+    fit.add_argument("data_dirs", nargs="+", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
+    fit.add_argument(
+        "--out",
+        default=None,
+        help=f"where to save the model (default: {SINGLE_MODEL_FILE}); with several DATA_DIRs, the folder "
+        f"for the models, DATA_DIR's name + .joblib each (default: {MODELS_FOLDER})",
+    )
     fit.add_argument(
         "--backbone",
         default=None,
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
+    _add_scheduler_option(fit, "train")
     fit.set_defaults(run=_run_fit)
 
     predict = commands.add_parser(
@@ -198,6 +210,16 @@ def _add_threads_option(command: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy or small machine)",
+    )
+
+
+def _add_scheduler_option(command: argparse.ArgumentParser, work: str) -> None:
+    command.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help=f"{work} on a dask cluster: a scheduler address (tcp://HOST:8786), or local:N for N worker processes "
+        "on this machine (needs: pip install 'skfastflow[dask]'; see docs/scaling.md)",
     )
 
 
@@ -442,7 +464,6 @@ def _run_fit(args) -> None:
     from .detector import FastFlowDetector, resolve_device
 
     resolve_device(args.device)  # fail before reading any image when CUDA is asked for but absent
-    folder, paths = training_images(args.data_dir)
     backbone, weights, source = _choose_backbone(args.backbone, args.weights, args.pre_trained)
     detector = FastFlowDetector(
         backbone,
@@ -458,37 +479,116 @@ def _run_fit(args) -> None:
         random_state=args.seed,
         verbose=1,
     )
-    print(f"Training on {len(paths)} good images from {folder}")
+    if len(args.data_dirs) == 1 and args.scheduler is None:
+        folder, paths = training_images(args.data_dirs[0])
+        print(f"Training on {len(paths)} good images from {folder}")
+        print(f"Features: {source}")
+        path = _fit_and_save(detector, paths, args.out or SINGLE_MODEL_FILE)
+        print(f"Model saved to {path}")
+        print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+        return
     print(f"Features: {source}")
-    path = _fit_and_save(detector, paths, args.out)
-    print(f"Model saved to {path}")
-    print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+    _fit_folders(detector, args)
 
 
-def _fit_and_save(detector, paths: list[Path], out) -> Path:
+def _model_paths(data_dirs: list[str], out: str | os.PathLike) -> dict[str, Path]:
+    """One model file per DATA_DIR, by name: ``out/<the folder's name>.joblib``.
+
+    Raises
+    ------
+    ValueError
+        If two DATA_DIRs have the same name (their models would overwrite each other).
+    """
+    named = {}
+    for data_dir in data_dirs:
+        name = Path(data_dir).absolute().name
+        if name in named:
+            raise ValueError(
+                f"DATA_DIRs {named[name]!r} and {data_dir!r} are both named {name!r}, so their models would both be "
+                f"{name}.joblib; fit them in separate runs with different --out folders."
+            )
+        named[name] = data_dir
+    return {name: Path(out) / f"{name}.joblib" for name in named}
+
+
+def _fit_folders(detector, args) -> None:
+    """Fit one detector per DATA_DIR, here one after another or in parallel on ``args.scheduler``.
+
+    A folder that fails (no images, an unreadable image, ...) is named on stderr; the others
+    are fitted and saved, and the command then ends with an error.
+    """
+    out = Path(args.out or MODELS_FOLDER)
+    targets = _model_paths(args.data_dirs, out)
+    training_sets, failed = {}, []
+    for name, data_dir in zip(targets, args.data_dirs):
+        try:
+            folder, paths = training_images(data_dir)
+        except ValueError as error:
+            print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
+            failed.append(name)
+            continue
+        training_sets[name] = [str(path) for path in paths]
+        print(f"{name}: {len(paths)} good images from {folder}")
+    if args.scheduler is None:
+        for name, paths in training_sets.items():
+            print(f"Training {name}")
+            try:
+                print(f"{name}: model saved to {_fit_and_save(detector, paths, targets[name], prefix=f'{name}: ')}")
+            except USER_ERRORS as error:
+                print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
+                failed.append(name)
+    else:
+        from .parallel import connect, fit_each
+
+        with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
+            print(f"Training {len(training_sets)} models on {_describe_cluster(client)}")
+            for result in fit_each(detector.set_params(verbose=0), training_sets, client):
+                if result.error is not None:
+                    print(f"skfastflow: error: {result.name}: {result.error}", file=sys.stderr)
+                    failed.append(result.name)
+                    continue
+                _report_fit(result.detector, prefix=f"{result.name}: ")
+                print(f"{result.name}: model saved to {save_model(result.detector, targets[result.name])}")
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(targets)} models could not be trained ({', '.join(failed)}: see above).")
+    print(f"{len(targets)} models in {out.absolute()}")
+
+
+def _describe_cluster(client) -> str:
+    workers = client.scheduler_info()["workers"].values()
+    return f"{len(workers)} dask workers ({sum(worker['nthreads'] for worker in workers)} threads) at {client.scheduler.address}"
+
+
+def _fit_and_save(detector, paths: list[Path], out, prefix: str = "") -> Path:
     """Fit on image files, save, and print what a user wants to know about the training run."""
     started = time.perf_counter()
     detector.fit([str(path) for path in paths])
+    _report_fit(detector, seconds=time.perf_counter() - started, prefix=prefix)
+    return save_model(detector, out)
+
+
+def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> None:
+    """Print how a fit went, and warn when its threshold is unreliable."""
     stopped = "early stop" if detector.n_iter_ < detector.max_iter else "epoch limit"
+    took = f"Trained in {seconds:.0f} s: " if seconds is not None else "Trained: "
     print(
-        f"Trained in {time.perf_counter() - started:.0f} s: {detector.n_iter_} epochs ({stopped}), "
+        f"{prefix}{took}{detector.n_iter_} epochs ({stopped}), "
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f}."
     )
     if detector.offset_ <= 0.0:
         print(
-            f"Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
+            f"{prefix}Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
             "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
             file=sys.stderr,
         )
     elif detector.n_validation_samples_ < MIN_RELIABLE_HELD_OUT:
         print(
-            f"Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
+            f"{prefix}Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
             f"images well regardless, but for a reliable verdict hold out {MIN_RELIABLE_HELD_OUT} or more "
             "(more good images, or a larger --validation-fraction).",
             file=sys.stderr,
         )
-    return save_model(detector, out)
 
 
 # ---------------------------------------------------------------------------- predict
