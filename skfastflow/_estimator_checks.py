@@ -137,9 +137,8 @@ CHECKS_REPLACED_FOR_IMAGES: dict[str, ReplacedCheck] = {
         _COMPAT + "test_memory_layout_does_not_change_scores",
     ),
     "check_array_api_input": ReplacedCheck(
-        "compares tabular results with scikit-learn's array API dispatch on and off; the detector "
-        "computes in torch and never dispatches through scikit-learn's array API",
-        _COMPAT + "test_array_api_dispatch_does_not_change_scores",
+        _TABULAR + "; here NumPy input, compared with array API dispatch on and off",
+        _COMPAT + "test_array_api_dispatch_does_not_change_results",
     ),
     "check_outliers_fit_predict": ReplacedCheck(
         _TABULAR,

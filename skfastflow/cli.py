@@ -8,10 +8,15 @@ Commands (``skfastflow COMMAND --help`` describes each):
   at the model's threshold;
 - ``demo``: the whole workflow on a built-in synthetic data set, without any download.
 
-A mistake a user can fix (missing folder, no images, unreadable file, model file from
-another version, CUDA asked for but absent, ...) ends with ``skfastflow: error: ...`` on
-stderr and exit status 2, the status argparse itself uses for a bad command line. The
-command line is thin: every check and every computation lives in the library.
+A mistake a user can fix (missing folder, no images, model file from another version,
+CUDA asked for but absent, ...) ends with ``skfastflow: error: ...`` on stderr and exit
+status 2, the status argparse itself uses for a bad command line. A file that cannot be
+read or scored costs only itself: ``predict`` and ``evaluate`` name it on stderr (and in
+``predict``'s CSV), go on with the other files, and exit with status 2 at the end.
+Folders are searched with :func:`skfastflow.files.list_images`, sub-folders included,
+by every command; files skipped there are named on stderr. Warnings about images are
+printed as ``skfastflow: warning: ...``, once per kind, naming the files. The command
+line is thin: every check and every computation lives in the library.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import csv
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, persistence
+from .batch_scoring import score_files
+from .files import describe_skipped, grouped_image_warnings, image_suffixes, list_images, read_image, read_mask
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
@@ -74,18 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "threads", None):
-            import torch
+        with _warnings_as_messages(), grouped_image_warnings():
+            if getattr(args, "threads", None):
+                import torch
 
-            torch.set_num_threads(args.threads)
-        args.run(args)
+                torch.set_num_threads(args.threads)
+            status = args.run(args)
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as error:
         print(f"skfastflow: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return 0
+    return status or 0
+
+
+@contextlib.contextmanager
+def _warnings_as_messages():
+    """Print warnings as ``skfastflow: warning: ...`` lines, without Python's source location."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"skfastflow: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,10 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--image-score",
-        type=_keyword_or_fraction("max"),
+        type=_keyword_or_fraction("auto", "max"),
         default=detector_defaults["image_score"],
         help="how a map becomes an image score: a fraction q in (0, 0.5], the mean of the hottest q of the map, "
-        "or max (the hottest pixel, as in the paper) (default: %(default)s)",
+        "max (the hottest pixel, as in the paper), or auto (chosen with labelled defects, else the top 1 %%) "
+        "(default: %(default)s)",
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
@@ -243,18 +266,19 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _keyword_or_fraction(keyword: str):
-    """An argparse type for ``--contamination`` / ``--image-score``: ``keyword`` or a number in (0, 0.5]."""
+def _keyword_or_fraction(*keywords: str):
+    """An argparse type for ``--contamination`` / ``--image-score``: one of ``keywords`` or a number in (0, 0.5]."""
 
     def parse(text: str) -> str | float:
-        if text == keyword:
+        if text in keywords:
             return text
         try:
             value = float(text)
         except ValueError:
             value = -1.0
         if not 0.0 < value <= 0.5:
-            raise argparse.ArgumentTypeError(f"expected {keyword!r} or a number in (0, 0.5], e.g. 0.01, got {text!r}")
+            named = " or ".join(repr(keyword) for keyword in keywords)
+            raise argparse.ArgumentTypeError(f"expected {named} or a number in (0, 0.5], e.g. 0.01, got {text!r}")
         return value
 
     return parse
@@ -275,50 +299,46 @@ def _input_size(text: str) -> int | tuple[int, int]:
 # ---------------------------------------------------------------------------- files
 
 
-def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (and its sub-folders when ``recursive``), sorted by path.
+def _no_images_error(folder) -> ValueError:
+    return ValueError(
+        f"no image files found in {str(folder)!r} or its sub-folders (looked for {', '.join(sorted(image_suffixes()))})."
+    )
+
+
+def folder_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files of ``folder`` and its sub-folders (:func:`skfastflow.files.list_images`).
+
+    Files skipped (hidden, not images) are named on stderr.
 
     Raises
     ------
     ValueError
         If ``folder`` is not an existing folder.
     """
-    from .datasets import _list_images  # the data set reader's rule for what counts as an image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"folder {str(folder)!r} does not exist; check the path.")
-    if not recursive:
-        return _list_images(folder)
-    paths = []
-    for directory, subdirectories, _ in os.walk(folder):
-        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        paths.extend(_list_images(Path(directory)))
+    paths, skipped = list_images(folder, return_skipped=True)
+    if skipped:
+        print(f"skfastflow: note: {describe_skipped(skipped)} in {str(folder)!r}", file=sys.stderr)
     return paths
-
-
-def _no_images_error(folder) -> ValueError:
-    from .datasets import _IMAGE_SUFFIXES
-
-    return ValueError(f"no image files ({', '.join(_IMAGE_SUFFIXES)}) found in {str(folder)!r}.")
 
 
 def training_images(data_dir: str | os.PathLike) -> tuple[Path, list[Path]]:
     """The good images to train on: ``DATA_DIR/train/good`` for an MVTec AD folder, else ``DATA_DIR``.
+
+    Sub-folders are searched too, as ``predict`` does.
 
     Returns
     -------
     folder : Path
         The folder the images come from.
     paths : list of Path
-        Its image files, sorted.
+        Its image files (sub-folders included), sorted.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ValueError(f"DATA_DIR {str(data_dir)!r} is not an existing folder; pass a folder of good images.")
     mvtec_train = data_dir / "train" / "good"
     folder = mvtec_train if mvtec_train.is_dir() else data_dir
-    paths = list_images(folder)
+    paths = folder_images(folder)
     if not paths:
         raise ValueError(
             f"{_no_images_error(folder)} Pass a folder of good images, or an MVTec AD category folder "
@@ -356,12 +376,12 @@ def load_model(path: str | os.PathLike):
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
-    """Expand files and folders (recursively) into image paths, in the order given."""
+    """Expand files and folders (sub-folders included) into image paths, in the order given."""
     paths = []
     for entry in inputs:
         entry_path = Path(entry)
         if entry_path.is_dir():
-            found = list_images(entry_path, recursive=True)
+            found = folder_images(entry_path)
             if not found:
                 raise _no_images_error(entry_path)
             paths.extend(found)
@@ -386,18 +406,6 @@ def _overlay_paths(image_paths: list[Path], out_dir: Path) -> list[Path]:
     ]
 
 
-def _scores_and_maps(detector, paths: list[Path]):
-    """Yield ``(paths, scores, maps)`` batch by batch: ``score_samples`` and ``predict_maps`` in one pass.
-
-    Holds one batch (the detector's ``batch_size``) of images and maps at a time, so any
-    number of images can stream through.
-    """
-    for start in range(0, len(paths), detector.batch_size):
-        batch_paths = paths[start : start + detector.batch_size]
-        maps, scores = detector.predict_maps([str(path) for path in batch_paths], return_scores=True)
-        yield batch_paths, scores, maps
-
-
 def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, offset: float, out_path: Path) -> None:
     """Save the heatmap over its image, the defect region outlined, the decision score written on it.
 
@@ -414,15 +422,14 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, o
     # The scale runs from twice the threshold to 0, the threshold in the middle; it always
     # spans at least [-0.5, 0], also when offset_ puts the threshold out of the maps' reach.
     darkest = max(-1.0, min(2.0 * pixel_threshold, -0.5))
-    with Image.open(image_path) as image:
-        overlay = overlay_heatmap(
-            image,
-            anomaly_map,
-            threshold=pixel_threshold,
-            score=float(decision),
-            vmin=darkest,
-            vmax=0.0,
-        )
+    overlay = overlay_heatmap(
+        read_image(image_path),  # as the detector saw it: the map has its displayed size
+        anomaly_map,
+        threshold=pixel_threshold,
+        score=float(decision),
+        vmin=darkest,
+        vmax=0.0,
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay).save(out_path)
 
@@ -594,35 +601,42 @@ def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> Non
 # ---------------------------------------------------------------------------- predict
 
 
-def _run_predict(args) -> None:
+def _run_predict(args) -> int:
     detector = load_model(args.model)
     paths = _image_paths(args.inputs)
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     out_dir = Path(args.maps) if args.maps else None
     overlay_paths = _overlay_paths(paths, out_dir) if out_dir else None
-    n_defective = done = 0
+    counts = {"good": 0, "defective": 0, "error": 0}
     with open(args.csv, "w", newline="") if args.csv else contextlib.nullcontext() as csv_file:
         writer = csv.writer(csv_file) if csv_file else None
         if writer:
-            writer.writerow(["path", "score", "decision", "verdict"])
-        for batch_paths, scores, maps in _scores_and_maps(detector, paths):
-            decisions = scores - detector.offset_
-            for position, (path, score, decision, anomaly_map) in enumerate(zip(batch_paths, scores, decisions, maps), start=done):
-                verdict = "defective" if decision < 0 else "good"
-                n_defective += verdict == "defective"
-                print(f"{path}  {decision:+.4f}  {verdict}", flush=True)
+            writer.writerow(["path", "score", "decision", "verdict", "error"])
+        results = score_files(detector, paths, return_maps=out_dir is not None)
+        for position, (path, result) in enumerate(zip(paths, results)):
+            counts[result.verdict] += 1
+            if result.error is not None:
+                print(f"skfastflow: error: {result.error}", file=sys.stderr, flush=True)
                 if writer:
-                    writer.writerow([str(path), f"{score:.6f}", f"{decision:.6f}", verdict])
-                if overlay_paths:
-                    _write_overlay(path, anomaly_map, decision, detector.offset_, overlay_paths[position])
-            done += len(batch_paths)
-    summary = f"{len(paths)} images: {n_defective} defective, {len(paths) - n_defective} good (threshold offset_={detector.offset_:.4f})."
-    print(summary, file=sys.stderr)
+                    writer.writerow([str(path), "", "", result.verdict, result.error])
+                continue
+            print(f"{path}  {result.decision:+.4f}  {result.verdict}", flush=True)
+            if writer:
+                writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
+            if overlay_paths:
+                _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+    unreadable = f"{counts['error']} could not be scored (named above), " if counts["error"] else ""
+    print(
+        f"{len(paths)} images: {unreadable}{counts['defective']} defective, {counts['good']} good "
+        f"(threshold offset_={detector.offset_:.4f}).",
+        file=sys.stderr,
+    )
     if out_dir:
         print(f"Heatmap overlays in {out_dir.absolute()}", file=sys.stderr)
     if args.csv:
         print(f"Scores written to {Path(args.csv).absolute()}", file=sys.stderr)
+    return EXIT_USER_ERROR if counts["error"] else 0
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -630,6 +644,9 @@ def _run_predict(args) -> None:
 
 def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     """Score an MVTec AD category's test images against their masks.
+
+    A test image or mask that cannot be read costs only that image: it is listed in
+    ``errors`` and left out of every figure.
 
     Parameters
     ----------
@@ -643,33 +660,49 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     Returns
     -------
     report : dict
-        ``n_good``, ``n_defective``, ``image_roc_auc`` (None without both classes),
-        ``pixel_roc_auc``, ``aupro``, ``confusion`` (2x2 counts, rows true good/defective,
-        columns predicted good/defective) and ``detected_by_type`` ({type: (flagged, total)}).
+        ``n_good``, ``n_defective`` (images scored), ``image_roc_auc`` (None without both
+        classes), ``pixel_roc_auc``, ``aupro``, ``confusion`` (2x2 counts, rows true
+        good/defective, columns predicted good/defective), ``detected_by_type``
+        ({type: (flagged, total)}) and ``errors`` (list of (path, message) for the images
+        left out).
+
+    Raises
+    ------
+    ValueError
+        If the folder is not in MVTec AD layout, or no test image could be scored.
     """
     from sklearn.metrics import confusion_matrix, roc_auc_score
 
-    from .datasets import _read_mask, load_mvtec
+    from .datasets import load_mvtec
     from .metrics import aupro_score, pixel_roc_auc_score
 
     data = load_mvtec(mvtec_dir, lazy=True)
     paths = [Path(path) for path in data.X_test]
     overlay_paths = _overlay_paths(paths, Path(maps_dir)) if maps_dir else None
-    scores, maps, masks = [], [], []
-    for batch_paths, batch_scores, batch_maps in _scores_and_maps(detector, paths):
-        for anomaly_map, score in zip(batch_maps, batch_scores):
-            position = len(maps)
-            mask_path = data.masks_test[position]
-            masks.append(np.zeros(anomaly_map.shape, dtype=bool) if mask_path is None else _read_mask(mask_path))
-            maps.append(anomaly_map)
-            if overlay_paths:
-                _write_overlay(paths[position], anomaly_map, score - detector.offset_, detector.offset_, overlay_paths[position])
-        scores.append(batch_scores)
-    scores = np.concatenate(scores)
-    defective = data.y_test == -1
+    scores, maps, masks, kept, errors = [], [], [], [], []
+    for position, result in enumerate(score_files(detector, paths, return_maps=True)):
+        mask_path = data.masks_test[position]
+        try:
+            if result.error is not None:
+                raise ValueError(result.error)
+            mask = np.zeros(result.anomaly_map.shape, dtype=bool) if mask_path is None else read_mask(mask_path)
+        except ValueError as error:
+            errors.append((str(paths[position]), str(error)))
+            continue
+        scores.append(result.score)
+        maps.append(result.anomaly_map)
+        masks.append(mask)
+        kept.append(position)
+        if overlay_paths:
+            _write_overlay(paths[position], result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+    if not kept:
+        raise ValueError(f"no test image of {str(mvtec_dir)!r} could be scored; the first error: {errors[0][1]}")
+    scores = np.asarray(scores)
+    y_test, defect_types = data.y_test[kept], data.defect_type_test[kept]
+    defective = y_test == -1
     flagged = scores - detector.offset_ < 0
     both_classes = defective.any() and (~defective).any()
-    types = np.unique(data.defect_type_test[defective])
+    types = np.unique(defect_types[defective])
     return {
         "n_good": int((~defective).sum()),
         "n_defective": int(defective.sum()),
@@ -678,9 +711,9 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
         "aupro": float(aupro_score(masks, maps)),
         "confusion": confusion_matrix(defective, flagged, labels=[False, True]),
         "detected_by_type": {
-            str(name): (int(flagged[data.defect_type_test == name].sum()), int((data.defect_type_test == name).sum()))
-            for name in types
+            str(name): (int(flagged[defect_types == name].sum()), int((defect_types == name).sum())) for name in types
         },
+        "errors": errors,
     }
 
 
@@ -703,14 +736,21 @@ def _print_report(report: dict, offset: float) -> None:
             print(f"  {name:<{width}}  {flagged}/{total}")
 
 
-def _run_evaluate(args) -> None:
+def _run_evaluate(args) -> int:
     detector = load_model(args.model)
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     report = evaluate_folder(detector, args.mvtec_dir, args.maps)
+    for _, message in report["errors"]:
+        print(f"skfastflow: error: {message}", file=sys.stderr)
     _print_report(report, detector.offset_)
     if args.maps:
         print(f"Heatmap overlays in {Path(args.maps).absolute()}")
+    if report["errors"]:
+        print(f"skfastflow: {len(report['errors'])} test images could not be scored (named above); the figures "
+              "leave them out.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
 
 
 # ---------------------------------------------------------------------------- demo
@@ -756,10 +796,7 @@ def _save_overview(maps_dir: Path, out_path: Path) -> Path:
     from .visualization import make_grid
 
     firsts = [list_images(folder)[0] for folder in sorted(maps_dir.iterdir()) if folder.is_dir()]
-    tiles = []
-    for path in firsts:
-        with Image.open(path) as tile:
-            tiles.append(np.asarray(tile.convert("RGB")))
+    tiles = [read_image(path) for path in firsts]
     Image.fromarray(make_grid(tiles, n_cols=len(tiles))).save(out_path)
     return out_path
 

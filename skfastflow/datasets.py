@@ -11,19 +11,27 @@ Labels follow scikit-learn's outlier convention: ``1`` = good (inlier),
 ``-1`` = defective (outlier). Masks are boolean, ``True`` = defect pixel.
 """
 
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.utils import Bunch, check_random_state
 
-from .images import _read_image_file
+from .files import (
+    ImageWarning,
+    SkippedFile,
+    describe_skipped,
+    grouped_image_warnings,
+    image_suffixes,
+    list_images,
+    read_image,
+    read_image_size,
+    read_mask,
+)
 
 __all__ = ["load_mvtec", "make_defect_images"]
 
-# Suffixes are compared lower-cased, so ``.PNG`` and ``.JPG`` count too.
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _GOOD = "good"
 _MASK_SUFFIX = "_mask"
 _LAYOUT_HELP = (
@@ -34,66 +42,36 @@ _LAYOUT_HELP = (
 
 
 # --------------------------------------------------------------------------
-# Reading image files
-# --------------------------------------------------------------------------
-
-
-def _read_image_size(path):
-    """Return (height, width) of an image file from its header alone."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except OSError as error:
-        raise ValueError(
-            f"Cannot read image file {str(path)!r} ({error}); it is not an image."
-        ) from error
-    return height, width
-
-
-def _read_mask(path):
-    """Read a mask file as a bool (H, W) array: any nonzero channel is a defect."""
-    pixels = _read_image_file(str(path))
-    defect = pixels != 0
-    return defect.any(axis=2) if defect.ndim == 3 else defect
-
-
-# --------------------------------------------------------------------------
 # load_mvtec
 # --------------------------------------------------------------------------
-
-
-def _list_images(folder):
-    """Image files directly in ``folder``, sorted by name; hidden files ignored."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file()
-        and not path.name.startswith(".")
-        and path.suffix.lower() in _IMAGE_SUFFIXES
-    )
 
 
 def _find_masks(root, test_paths, defect_types):
     """Return the mask path of each test image (None for good images).
 
+    The mask of ``test/<type>/<sub-folders>/<stem>.<ext>`` is
+    ``ground_truth/<type>/<sub-folders>/<stem>_mask.<any image suffix>``.
+
     Raises ValueError listing defect images that have no mask, or whose mask
     name is ambiguous (the same stem saved in two formats).
     """
-    masks_by_stem = {}  # defect type -> {image stem: [mask paths]}
+    masks_by_key = {}  # defect type -> {(sub-folders, image stem): [mask paths]}
     mask_paths, missing, ambiguous = [], [], []
     for path, defect_type in zip(test_paths, defect_types):
         if defect_type == _GOOD:
             mask_paths.append(None)
             continue
-        if defect_type not in masks_by_stem:
-            folder = root / "ground_truth" / defect_type
-            stems = {}
+        folder = root / "ground_truth" / defect_type
+        if defect_type not in masks_by_key:
+            keys = {}
             if folder.is_dir():
-                for mask in _list_images(folder):
+                for mask in list_images(folder):
                     if mask.stem.endswith(_MASK_SUFFIX):
-                        stems.setdefault(mask.stem[: -len(_MASK_SUFFIX)], []).append(mask)
-            masks_by_stem[defect_type] = stems
-        candidates = masks_by_stem[defect_type].get(path.stem, [])
+                        key = (mask.parent.relative_to(folder).parts, mask.stem[: -len(_MASK_SUFFIX)])
+                        keys.setdefault(key, []).append(mask)
+            masks_by_key[defect_type] = keys
+        key = (path.parent.relative_to(root / "test" / defect_type).parts, path.stem)
+        candidates = masks_by_key[defect_type].get(key, [])
         if not candidates:
             missing.append(path)
         elif len(candidates) > 1:
@@ -101,9 +79,10 @@ def _find_masks(root, test_paths, defect_types):
         mask_paths.append(candidates[0] if candidates else None)
     if missing:
         first = missing[0]
+        relative = first.parent.relative_to(root / "test")
         raise ValueError(
             f"{len(missing)} defect image(s) have no mask, e.g. {first}: expected "
-            f"{root / 'ground_truth' / first.parent.name / (first.stem + '_mask.png')}. "
+            f"{root / 'ground_truth' / relative / (first.stem + '_mask.png')}. "
             "Every image in test/<defect type>/ other than test/good/ needs a mask."
         )
     if ambiguous:
@@ -146,19 +125,25 @@ def load_mvtec(root, *, lazy=False):
         root/test/<defect type>/*                  defective test images
         root/ground_truth/<defect type>/<stem>_mask.png   their masks
 
-    Image files may be PNG, JPEG, BMP or TIFF (suffixes compared
-    case-insensitively); other and hidden files are ignored. Images may be
-    grey or colour and of different sizes. Files are returned sorted by name,
-    test images grouped by defect type in sorted folder order, so the order is
-    the same on every machine.
+    Folders are listed with :func:`skfastflow.files.list_images`: every file
+    of a format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, PGM, ...; suffixes
+    compared case-insensitively), in sub-folders too (the defect type is the
+    first folder under ``test/``; a mask mirrors its image's sub-folders
+    under ``ground_truth/<defect type>/``). Hidden files and files of other
+    types are skipped, with an :class:`~skfastflow.files.ImageWarning` naming
+    them. Images may be grey or colour and of different sizes. Files are
+    returned sorted by path, test images grouped by defect type in sorted
+    folder order, so the order is the same on every machine.
 
-    Files are read as the detector reads image paths (``skfastflow.images``),
-    with channels as stored: grey images are (H, W), colour images (H, W, 3),
-    8-bit files uint8. 1-bit files become 0/255 grey; palette, CMYK and YCbCr
-    files become RGB; an alpha channel is dropped (grey+alpha to grey, RGBA to
-    RGB). 16-bit grey files stay uint16 (0..65535) so no precision is lost;
-    the detector accepts them. EXIF orientation tags are ignored, so images
-    and masks stay aligned as stored.
+    Files are read as the detector reads image paths, with
+    :func:`skfastflow.files.read_image`: the picture an image viewer shows
+    (EXIF orientation applied, colour profiles converted to sRGB,
+    transparency over black, ...). Grey images are (H, W), colour images
+    (H, W, 3); 8-bit files uint8, 16-bit grey files uint16 (0..65535), so no
+    precision is lost. Masks are read by the same rule with
+    :func:`skfastflow.files.read_mask`: a pixel is a defect above half the
+    file's range (so JPEG masks work), with a warning for masks that hold
+    values in between.
 
     Parameters
     ----------
@@ -167,7 +152,9 @@ def load_mvtec(root, *, lazy=False):
     lazy : bool, default=False
         If True, return file paths instead of pixels, for data sets larger
         than memory; the files are not read, except the headers of defect
-        images and their masks, to check that their sizes agree.
+        images and their masks, to check that their sizes agree. A file that
+        cannot be opened is not refused here: it fails, naming itself, when
+        it is read, so that it costs only itself (``skfastflow evaluate``).
 
     Returns
     -------
@@ -176,15 +163,15 @@ def load_mvtec(root, *, lazy=False):
 
         X_train : list of ndarray, or list of str if ``lazy``
             Good training images, (H, W) or (H, W, 3), uint8 (uint16 for
-            16-bit files).
+            16-bit files, float32 in [0, 1] for floating-point files).
         X_test : list of ndarray, or list of str if ``lazy``
             Test images, good and defective.
         y_test : ndarray of shape (n_test,), dtype int
             1 for good, -1 for defective images.
         masks_test : list of ndarray, or list of (str or None) if ``lazy``
-            Bool (H, W) defect mask of each test image (nonzero mask pixels
-            are defects); all False for good images. If ``lazy``, the mask
-            file path, or None for good images.
+            Bool (H, W) defect mask of each test image (mask pixels above
+            half the file's range are defects); all False for good images.
+            If ``lazy``, the mask file path, or None for good images.
         defect_type_test : ndarray of str, shape (n_test,)
             Name of the ``test/`` sub-folder of each image (``'good'`` for
             good images).
@@ -220,18 +207,23 @@ def load_mvtec(root, *, lazy=False):
             f"{', '.join(absent)}; {_LAYOUT_HELP}."
         )
 
-    train_paths = _list_images(train_folder)
+    train_paths = list_images(train_folder)
     if not train_paths:
         raise ValueError(
             f"no image files found in {train_folder}; expected files ending in "
-            f"{', '.join(_IMAGE_SUFFIXES)}."
+            f"{', '.join(sorted(image_suffixes()))}."
         )
-    test_paths, defect_types = [], []
+    test_paths, defect_types, not_types = [], [], []
     for folder in sorted(test_folder.iterdir()):
         if folder.is_dir() and not folder.name.startswith("."):
-            images = _list_images(folder)
+            images = list_images(folder)
             test_paths.extend(images)
             defect_types.extend([folder.name] * len(images))
+        else:
+            reason = "hidden" if folder.name.startswith(".") else "not in a defect-type folder"
+            not_types.append(SkippedFile(folder, reason))
+    if not_types:
+        warnings.warn(ImageWarning(f"{describe_skipped(not_types)} in {test_folder}", source=str(test_folder)), stacklevel=2)
     if not test_paths:
         raise ValueError(
             f"no image files found in the sub-folders of {test_folder}; "
@@ -241,25 +233,28 @@ def load_mvtec(root, *, lazy=False):
 
     if lazy:
         for image_path, mask_path in zip(test_paths, mask_paths):
-            if mask_path is not None:
-                _check_mask_size(
-                    mask_path, _read_image_size(mask_path),
-                    image_path, _read_image_size(image_path),
-                )
+            if mask_path is None:
+                continue
+            try:
+                sizes = read_image_size(mask_path), read_image_size(image_path)
+            except ValueError:
+                continue  # a file that cannot be opened fails, naming itself, when it is read
+            _check_mask_size(mask_path, sizes[0], image_path, sizes[1])
         X_train = [str(path) for path in train_paths]
         X_test = [str(path) for path in test_paths]
         masks_test = [None if path is None else str(path) for path in mask_paths]
     else:
-        X_train = [_read_image_file(str(path)) for path in train_paths]
-        X_test = [_read_image_file(str(path)) for path in test_paths]
-        masks_test = []
-        for image, image_path, mask_path in zip(X_test, test_paths, mask_paths):
-            if mask_path is None:
-                masks_test.append(np.zeros(image.shape[:2], dtype=bool))
-                continue
-            mask = _read_mask(mask_path)
-            _check_mask_size(mask_path, mask.shape, image_path, image.shape)
-            masks_test.append(mask)
+        with grouped_image_warnings():  # e.g. JPEG-made masks: one warning for all of them
+            X_train = [read_image(path) for path in train_paths]
+            X_test = [read_image(path) for path in test_paths]
+            masks_test = []
+            for image, image_path, mask_path in zip(X_test, test_paths, mask_paths):
+                if mask_path is None:
+                    masks_test.append(np.zeros(image.shape[:2], dtype=bool))
+                    continue
+                mask = read_mask(mask_path)
+                _check_mask_size(mask_path, mask.shape, image_path, image.shape)
+                masks_test.append(mask)
 
     defect_type_test = np.array(defect_types, dtype=str)
     return Bunch(

@@ -21,15 +21,17 @@ from .images import ImageCollection, resize_maps
 from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
 from .nn.model import as_size_pair
+from .thresholds import (
+    AUTO_FALSE_ALARM_RATE,
+    DEFAULT_IMAGE_SCORE,
+    IMAGE_SCORE_RULES,
+    choose_image_score,
+    conformal_p_values,
+    labelled_offset,
+    quantile_offset,
+    robust_offset,
+)
 
-# A normal image scores below offset_ with about this probability under contamination="auto"
-# (z = 2.576 is the 0.5 % lower tail of a normal distribution).
-_AUTO_Z = 2.576
-# Fewer held-out scores than this cannot estimate their spread (the relative error of a
-# standard deviation is about 1 / sqrt(2 (n - 1)): 71 % from 2 scores, 24 % from 10), and
-# 2.576 noisy deviations below the mean fell below every defect on glass (docs/quality.md);
-# "auto" then uses the lowest held-out score instead.
-_AUTO_MIN_HELD_OUT = 10
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -103,24 +105,31 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         Epochs without improvement before early stopping.
     tol : float, default=1e-3
         Minimum improvement of the held-out log-likelihood per dimension (nats).
-    image_score : "max" or float, default=0.01
+    image_score : "auto", "max" or float, default="auto"
         How an anomaly map (at ``input_size``) becomes the image score of
         :meth:`score_samples`, :meth:`decision_function`, :meth:`predict` and ``offset_``:
         a float ``q`` in ``(0, 0.5]``, the mean of the map's highest ``round(q * H * W)``
-        values (at least one), or ``"max"``, the map's maximum as in the paper. The
-        default, the mean of the top 1 %, rests on hundreds of pixels instead of one: it
-        ranked the images of both real sets measured at least as well as the maximum at
-        every epoch and seed, and clearly better on the harder one (magnetic_tile, 10
-        epochs: image AUROC 0.732 against 0.705); see ``docs/quality.md``.
+        values (at least one), or ``"max"``, the map's maximum as in the paper. ``"auto"``
+        chooses among :data:`skfastflow.thresholds.IMAGE_SCORE_RULES` (max, top 0.1 %, 1 %,
+        5 %): the rule that best separates labelled defects given to ``fit`` from the
+        held-out good images (highest AUROC), or without labelled defects the mean of the top
+        1 %, the rule within 0.01 image AUROC of the best one on every real set measured
+        (``docs/quality.md``, *Image score*). The rule in effect is ``image_score_``.
     contamination : "auto" or float, default="auto"
-        Expected proportion of outliers, which sets ``offset_`` from the scores of the
-        held-out good images (of the training images without ``early_stopping``). With a
-        float ``c``, ``offset_`` is the ``c`` quantile of those scores. With ``"auto"``
-        and at least 10 such images, ``offset_ = mean - 2.576 * std`` of those scores
-        (about 0.5 % of good images flagged if scores were normal), capped at their
-        minimum so that none of them is flagged; with fewer, whose spread cannot be
-        estimated, ``offset_`` is their minimum (about ``1 / (n + 1)`` of good images
-        flagged).
+        Sets ``offset_`` from the scores of the held-out good images (of the training images
+        without ``early_stopping``), ``calibration_scores_``. With a float ``c``, ``offset_``
+        is the ``c`` quantile of those scores (scikit-learn's meaning: about a share ``c`` of
+        good images flagged). With ``"auto"`` and no labelled defects,
+        ``offset_ = median - 2.326 * 1.4826 * MAD`` of those scores
+        (:func:`skfastflow.thresholds.robust_offset`): it aims at 1 % of good images
+        flagged, and an atypical good image among the held-out ones cannot drag it down, as
+        it dragged the former rule (their minimum); with ``"auto"`` and labelled defects,
+        the threshold that separates them from the held-out good images best
+        (:func:`skfastflow.thresholds.labelled_offset`; see ``target_recall``).
+    target_recall : float in (0, 1] or None, default=None
+        Only with labelled defects at ``fit`` and ``contamination="auto"``: place
+        ``offset_`` to flag at least this share of them; None maximises their F1 score
+        instead (anomalib's adaptive threshold). Defects are never trained on.
     cache_features : bool, default=True
         Compute each training image's backbone features once and reuse them in every
         epoch (exact, since the backbone is frozen). Switch off when the features do not
@@ -194,6 +203,17 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         Held-out good images (0 without ``early_stopping``).
     device_ : torch.device
         Device the model runs on.
+    image_score_ : "max" or float
+        The image-score rule in effect (``image_score`` with ``"auto"`` resolved).
+    calibration_scores_ : ndarray of shape (n_validation_samples_,), dtype float64
+        Scores (``image_score_``) of the held-out good images, which set ``offset_``; of the
+        training images without ``early_stopping``. :meth:`p_values` compares new scores with
+        them; ``thresholds.conformal_offset(calibration_scores_, rate)`` is the threshold for
+        another false-alarm rate, and :meth:`set_threshold` changes the rule or the
+        operating point, without retraining the flows.
+    defect_scores_ : ndarray of shape (n_labelled_defects,), dtype float64, or None
+        Scores of the labelled defects given to ``fit`` (``y == -1``), never trained on;
+        None without them.
     colour_mode_ : {"grey", "colour", "mixed"}
         Whether the good training images were all grey (one channel, or three equal
         channels), all colour, or both. A detector fitted on grey images refuses colour
@@ -208,6 +228,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
     The image score is the mean of the top 1 % of the anomaly map at ``input_size`` (or
     another fraction, or its maximum: ``image_score``), negated so that lower means more
     abnormal, as in scikit-learn. Maps lie in ``[-1, 0]``, so ``score_samples`` lies in ``[0, 1]``.
+
+    Labelled defects (``y == -1`` in :meth:`fit`) are scored, never trained on: they only
+    choose the image-score rule (``image_score="auto"``) and place the threshold
+    (``contamination="auto"``), as anomalib's adaptive threshold does, but from fit data.
+    Changing the rule or the operating point after ``fit`` needs no retraining:
+    :meth:`set_threshold`.
 
     References
     ----------
@@ -242,8 +268,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "image_score": [StrOptions({"max"}), Interval(Real, 0, 0.5, closed="right")],
+        "image_score": [StrOptions({"auto", "max"}), Interval(Real, 0, 0.5, closed="right")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "target_recall": [Interval(Real, 0, 1, closed="right"), None],
         "cache_features": ["boolean"],
         "inference_precision": [StrOptions({"auto", "float32", "bfloat16"})],
         "training_precision": [StrOptions({"auto", "float32", "bfloat16"})],
@@ -270,8 +297,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=5,
         tol=1e-3,
-        image_score=0.01,
+        image_score="auto",
         contamination="auto",
+        target_recall=None,
         cache_features=True,
         inference_precision="auto",
         training_precision="auto",
@@ -296,6 +324,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.tol = tol
         self.image_score = image_score
         self.contamination = contamination
+        self.target_recall = target_recall
         self.cache_features = cache_features
         self.inference_precision = inference_precision
         self.training_precision = training_precision
@@ -316,10 +345,13 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             images or file paths of any sizes. Grey images are repeated to RGB.
         y : array-like of shape (n_samples,) or pixel masks, default=None
             Optional labels, 1 for good (inlier) and -1 for defective (outlier) images.
-            Only inliers are used; outliers are ignored. Lets ``cross_val_score`` with
-            labelled folds train on good images only. Pixel masks ((n_samples, H, W) or
-            a list of 2-D arrays, 1 = defect) are accepted too, as for the pixel scorers of
-            :mod:`skfastflow.scoring`: images whose mask is empty are the good ones.
+            The flows train on inliers only. Outliers are scored with the trained model
+            and only choose the image-score rule (``image_score="auto"``) and place
+            ``offset_`` (``contamination="auto"``, ``target_recall``). Lets
+            ``cross_val_score`` with labelled folds train on good images only. Pixel masks
+            ((n_samples, H, W) or a list of 2-D arrays, 1 = defect) are accepted too, as for
+            the pixel scorers of :mod:`skfastflow.scoring`: images whose mask is empty are
+            the good ones.
 
         Returns
         -------
@@ -340,7 +372,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         """
         input_size = self._check_input_size()
         images = ImageCollection(X)
-        inliers = self._inlier_indices(y, len(images))
+        inliers, outliers = self._labelled_indices(y, len(images))
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -382,8 +414,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             threshold_indices, threshold_features = train_indices, train_features
         else:
             threshold_indices, threshold_features = validation_indices, validation_features
-        threshold_scores = self._threshold_scores(model, images, threshold_indices, threshold_features, device)
-        if not np.isfinite(threshold_scores).all():
+        calibration = self._threshold_scores(model, images, threshold_indices, threshold_features, device)
+        defect_scores = self._rule_scores(model, images, device, outliers) if len(outliers) else None
+        if not all(np.isfinite(scores).all() for scores in calibration.values()):
             # A model that scores NaN would silently call every image an inlier.
             raise FloatingPointError(
                 f"The trained model gives non-finite scores to good images (epoch {history['best_epoch']}); "
@@ -400,7 +433,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.n_iter_ = len(history["loss_curve"])
         self.n_train_samples_ = len(train_indices)
         self.n_validation_samples_ = len(validation_indices)
-        self.offset_ = self._offset_from(threshold_scores)
+        self._calibration_by_rule, self._defect_scores_by_rule = calibration, defect_scores
+        self._set_operating_point()
         self.colour_mode_ = images.colour_mode
         return self
 
@@ -411,9 +445,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         return as_size_pair(self.input_size)
 
     @staticmethod
-    def _inlier_indices(y, n_images: int) -> np.ndarray:
+    def _labelled_indices(y, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the good (``y == 1``) and of the defective (``y == -1``) images."""
         if y is None:
-            return np.arange(n_images)
+            return np.arange(n_images), np.arange(0)
         if _holds_pixel_masks(y):
             # Pixel masks, the y of the pixel scorers in skfastflow.scoring: an image is good
             # when its mask marks no defect pixel. Lets GridSearchCV fit with masks as y.
@@ -428,7 +463,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         inliers = np.flatnonzero(y == 1)
         if len(inliers) == 0:
             raise ValueError("y marks no image as good (1); the detector learns from good images.")
-        return inliers
+        return inliers, np.flatnonzero(y == -1)
 
     def _split(self, indices: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
         """Hold out ``validation_fraction`` of the good images (at least one) when early stopping needs them.
@@ -516,14 +551,91 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         ``benchmarks/quality.py`` overrides it to measure test metrics epoch by epoch.
         """
 
-    def _offset_from(self, validation_scores: np.ndarray) -> float:
-        if self.contamination == "auto":
-            lowest = float(np.min(validation_scores))
-            if len(validation_scores) < _AUTO_MIN_HELD_OUT:
-                return lowest
-            spread = float(np.std(validation_scores, ddof=1))
-            return float(min(np.mean(validation_scores) - _AUTO_Z * spread, lowest))
-        return float(np.percentile(validation_scores, 100.0 * self.contamination))
+    def _candidate_rules(self) -> tuple:
+        """The image-score rules ``fit`` scores its calibration images under: the documented
+        set, plus ``image_score`` when it is another fraction."""
+        extra = () if self.image_score in ("auto", *IMAGE_SCORE_RULES) else (self.image_score,)
+        return (*IMAGE_SCORE_RULES, *extra)
+
+    def _set_operating_point(self) -> None:
+        """Set ``image_score_``, ``calibration_scores_``, ``defect_scores_`` and ``offset_`` from
+        the stored per-rule scores of the calibration images and labelled defects."""
+        defects = self._defect_scores_by_rule
+        if self.image_score != "auto":
+            rule = self.image_score
+        elif defects is not None:
+            rule = choose_image_score(
+                {rule: self._calibration_by_rule[rule] for rule in IMAGE_SCORE_RULES},
+                {rule: defects[rule] for rule in IMAGE_SCORE_RULES},
+            )
+        else:
+            rule = DEFAULT_IMAGE_SCORE
+        if rule not in self._calibration_by_rule:
+            raise ValueError(
+                f"image_score={rule!r} was not scored at fit time, which scored {list(self._calibration_by_rule)}; "
+                "choose one of those, or refit the detector with this image_score."
+            )
+        good = self._calibration_by_rule[rule]
+        if self.contamination != "auto":
+            offset = quantile_offset(good, self.contamination)
+        elif defects is not None:
+            offset = labelled_offset(good, defects[rule], target_recall=self.target_recall)
+        else:
+            offset = robust_offset(good, AUTO_FALSE_ALARM_RATE)
+        self.image_score_ = rule
+        self.calibration_scores_ = good
+        self.defect_scores_ = None if defects is None else defects[rule]
+        self.offset_ = float(offset)
+
+    def set_threshold(self, *, image_score=None, contamination=None, target_recall="unchanged"):
+        """Change the image-score rule or the operating point of a fitted detector, without retraining.
+
+        Sets the given parameters (as :meth:`set_params` would) and recomputes
+        ``image_score_``, ``calibration_scores_``, ``defect_scores_`` and ``offset_`` from
+        the scores ``fit`` kept of its held-out good images and labelled defects, exactly
+        as ``fit`` would have set them with these parameters. The flows are untouched.
+
+        Parameters
+        ----------
+        image_score : "auto", "max" or float, default=None
+            A rule from :data:`skfastflow.thresholds.IMAGE_SCORE_RULES`, or the fraction the
+            detector was fitted with; None keeps the current one.
+        contamination : "auto" or float in (0, 0.5], default=None
+            None keeps the current one. A float is the share of good images to flag.
+        target_recall : float in (0, 1] or None, default="unchanged"
+            With labelled defects at fit; see the class parameters.
+
+        Returns
+        -------
+        self : FastFlowDetector
+
+        Raises
+        ------
+        ValueError
+            For a rule that ``fit`` did not score, or an invalid value.
+
+        Examples
+        --------
+        Flag about 5 % of good images from now on (``contamination=0.05``), or choose the
+        threshold from the conformal p-values instead::
+
+            detector.set_threshold(contamination=0.05)
+            detector.offset_ = thresholds.conformal_offset(detector.calibration_scores_, 0.05)
+        """
+        check_is_fitted(self)
+        changes = {"image_score": image_score, "contamination": contamination}
+        changes = {name: value for name, value in changes.items() if value is not None}
+        if target_recall != "unchanged":
+            changes["target_recall"] = target_recall
+        previous = self.get_params(deep=False)
+        self.set_params(**changes)
+        try:
+            self._validate_params()
+            self._set_operating_point()
+        except ValueError:
+            self.set_params(**{name: previous[name] for name in changes})
+            raise
+        return self
 
     # ------------------------------------------------------------------ scoring core
 
@@ -540,8 +652,8 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
                 values.append((-negative_log_likelihood / dimensions - 0.5 * _LOG_2PI).double().cpu().numpy())
         return np.concatenate(values)
 
-    def _threshold_scores(self, model: FastflowModel, images: ImageCollection, indices: np.ndarray, features, device: torch.device) -> np.ndarray:
-        """Scores of the good images that set ``offset_``, exactly as :meth:`score_samples` gives them.
+    def _threshold_scores(self, model: FastflowModel, images: ImageCollection, indices: np.ndarray, features, device: torch.device) -> dict:
+        """``{rule: scores}`` of the good images that set ``offset_``, exactly as :meth:`score_samples` gives them.
 
         ``features`` holds those images' backbone features (in the same order). A float32
         scoring backbone computes the same features to the bit (whatever the batch), so
@@ -551,19 +663,20 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         than in :meth:`score_samples`.
         """
         if _backbone_precision(self.inference_precision) == "bfloat16" or not features.exact:
-            scores = [self._image_scores(maps) for _, maps in self._image_maps(model, images, device, indices)]
-        else:
-            with torch.inference_mode():
-                scores = [self._image_scores(self._flow_maps(model, batch, device)) for batch in batches_in_order(features, self.batch_size)]
-        return torch.cat(scores).double().cpu().numpy()
+            return self._rule_scores(model, images, device, indices)
+        rules = self._candidate_rules()
+        with torch.inference_mode():
+            parts = [_scores_by_rule(self._flow_maps(model, batch, device), rules) for batch in batches_in_order(features, self.batch_size)]
+        return _concatenate_by_rule(parts)
+
+    def _rule_scores(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray) -> dict:
+        """``{rule: scores}`` of the images at ``indices`` through the scoring path, for every candidate rule."""
+        rules = self._candidate_rules()
+        return _concatenate_by_rule([_scores_by_rule(maps, rules) for _, maps in self._image_maps(model, images, device, indices)])
 
     def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """``score_samples`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (``image_score``): the one rule."""
-        values = maps.flatten(1)
-        if self.image_score == "max":
-            return -values.amax(dim=1)
-        top_count = max(1, round(self.image_score * values.shape[1]))
-        return -values.topk(top_count, dim=1, sorted=False).values.mean(dim=1)
+        """``score_samples`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (``image_score_``): the one rule."""
+        return _scores_by_rule(maps, (self.image_score_,))[self.image_score_]
 
     def _anomaly_maps(self, X):
         """Iterator of ``(ImageBatch, maps (n, 1, H, W))`` of ``X``, batch by batch at ``input_size``."""
@@ -673,26 +786,56 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             return maps, torch.cat(scores).double().cpu().numpy()
         return maps
 
-    def score(self, X, y=None):
-        """Mean log-likelihood per feature dimension (nats) of ``X``; higher is better.
+    def p_values(self, X):
+        """Split-conformal p-values of the images against the held-out good images.
 
-        Lets :class:`~sklearn.model_selection.GridSearchCV` tune the detector on good
-        images without labels.
+        ``p = (1 + #{calibration scores <= score}) / (n + 1)`` with ``n`` held-out good
+        images (``calibration_scores_``; Bates et al. 2023, "Testing for outliers with
+        conformal p-values", Ann. Statist.). For a good image exchangeable with the held-out
+        ones, ``P(p <= alpha) <= alpha``: flagging ``p <= alpha`` flags at most a share
+        ``alpha`` of good images. Without ``early_stopping`` the calibration images were
+        trained on, so the promise does not hold (the p-values are too small).
 
         Parameters
         ----------
         X : array-like or list
             Images, as for :meth:`fit`.
-        y : None
-            Ignored.
+
+        Returns
+        -------
+        p_values : ndarray of shape (n_samples,), dtype float64
+            Values in ``{1/(n+1), ..., 1}``; smaller = more abnormal.
+        """
+        return conformal_p_values(self.score_samples(X), self.calibration_scores_)
+
+    def score(self, X, y=None):
+        """Mean log-likelihood per feature dimension (nats) of the good images of ``X``; higher is better.
+
+        Lets :class:`~sklearn.model_selection.GridSearchCV` tune the detector without a
+        ``scoring``. ``y`` is read as :meth:`fit` reads it: only good images count, so a
+        model is never rewarded for finding defects likely.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Images, as for :meth:`fit`.
+        y : array-like of shape (n_samples,) or pixel masks, default=None
+            As for :meth:`fit`: images labelled -1 (or with a non-empty mask) are left out.
 
         Returns
         -------
         score : float
+            Mean over the good images of their log-likelihood per feature dimension (nats).
+
+        Raises
+        ------
+        ValueError
+            If ``y`` marks no image as good.
         """
         check_is_fitted(self)
         images = ImageCollection(X, fitted_colour_mode=self.colour_mode_)
-        features = StreamedFeatures(self.model_, images, np.arange(len(images)), self.device_)
+        inliers, _ = self._labelled_indices(y, len(images))
+        features = StreamedFeatures(self.model_, images, inliers, self.device_)
         return float(np.mean(self._log_likelihoods(self.model_, features)))
 
     # ------------------------------------------------------------------ scikit-learn hooks
@@ -740,6 +883,24 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             self.device_ = persistence.loadable_device(self.device_)
             self.model_ = persistence.model_from_state(model_state, self.device_)
             self._fitted_model_config = model_state["config"]
+
+
+def _scores_by_rule(maps: torch.Tensor, rules) -> dict:
+    """``{rule: image scores (n,)}`` of anomaly maps ``(n, 1, H, W)``: negated map maximum or top-fraction mean.
+
+    One sorted top-k serves every rule; the first ``k`` of its values are, in the same order,
+    what a top-k of ``k`` alone returns, so each rule's score is the same to the bit whether
+    computed alone (``score_samples``) or beside others (``fit``).
+    """
+    values = maps.flatten(1)
+    counts = {rule: 1 if rule == "max" else max(1, round(rule * values.shape[1])) for rule in rules}
+    top = values.topk(max(counts.values()), dim=1).values
+    return {rule: -top[:, :count].mean(dim=1) for rule, count in counts.items()}
+
+
+def _concatenate_by_rule(parts: list) -> dict:
+    """Join per-batch ``{rule: tensor}`` dicts into ``{rule: float64 ndarray}``."""
+    return {rule: torch.cat([part[rule] for part in parts]).double().cpu().numpy() for rule in parts[0]}
 
 
 def _holds_pixel_masks(y) -> bool:

@@ -9,13 +9,16 @@ Accepted ``X``:
 
 Pixel values: ``uint8`` 0..255, ``uint16`` 0..65535 (16-bit cameras), other integer types
 holding 0..255, or floats in [0, 1]. Anything else is refused with a message that says how
-to fix it, before any model work starts. Paths and PIL images are read lazily, one batch at
-a time, so that large collections stream with bounded memory; a file that turns out to be
-unreadable then fails with a message naming it.
+to fix it, before any model work starts. Files and PIL images are read by
+:mod:`skfastflow.files` (the picture an image viewer shows: EXIF orientation, colour
+profiles, transparency...), lazily, one batch at a time, so that large collections stream
+with bounded memory; a file that turns out to be unreadable then fails with a message
+naming it. Every image, from a stack or a list, is converted to float and resized on its
+own, so a batch of full-resolution images never exists as floats.
 
 Each image is also classed as grey (one channel, or three channels that agree within
-``GREY_TOLERANCE``) or colour, so that a detector can refuse colour images it never learned
-(see :class:`ImageCollection`). docs/errors.md lists every message and its fix.
+``GREY_TOLERANCE``) or colour, so that a detector can flag images unlike the ones it
+learned (see :class:`ImageCollection`). docs/errors.md lists every message and its fix.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-try:  # Pillow is a dependency; imported lazily-safe so the error names it when absent.
-    from PIL import Image, UnidentifiedImageError
-except ImportError:  # pragma: no cover - Pillow ships with torchvision/timm installs
-    Image = None
-    UnidentifiedImageError = OSError
+from PIL import Image
+
+from .files import ImageWarning, check_image_path, image_to_array, read_image
 
 _CHANNEL_COUNTS = (1, 3, 4)
+
+# Divisor to [0, 1] of each dtype skfastflow.files returns, by (kind, itemsize).
+_FILE_SCALES = {("u", 1): 255.0, ("u", 2): 65535.0, ("f", 4): 1.0}
 
 # Largest channel difference (on the 0..1 scale) of an image that still counts as grey: a
 # grey picture saved as RGB JPEG comes back with channels a level or two apart.
@@ -57,8 +61,11 @@ def _conversion_hint(X) -> str:
     return ""
 
 
-def _pixel_scale(array: np.ndarray, where: str) -> float:
-    """Check dtype and value range of pixels; return the divisor that maps them to [0, 1]."""
+def _pixel_scale(array: np.ndarray, where: str, index: int | None = None) -> float:
+    """Check dtype and value range of pixels; return the divisor that maps them to [0, 1].
+
+    ``where`` names the array in messages; ``index`` is its position in X, if it is one item.
+    """
     kind = array.dtype.kind
     if array.dtype == np.uint8:
         return 255.0
@@ -67,9 +74,13 @@ def _pixel_scale(array: np.ndarray, where: str) -> float:
             # Read as 0..65535 these images are nearly black; almost surely 8-bit data (all-zero
             # images are black on any scale, so they pass silently).
             warnings.warn(
-                "Images of dtype uint16 are read as 16-bit (0..65535), but these hold no value above 255 and "
-                "so look almost black; if they are 8-bit images, convert them with X.astype(np.uint8).",
-                UserWarning,
+                ImageWarning(
+                    f"{where} has dtype uint16, read as 16-bit (0..65535), but holds no value above 255 and so "
+                    "looks almost black; if it holds 8-bit values, convert it with .astype(np.uint8) (or save "
+                    "its file as 8-bit).",
+                    index=index,
+                    subject=where,
+                ),
                 stacklevel=4,
             )
         return 65535.0
@@ -93,10 +104,17 @@ def _pixel_scale(array: np.ndarray, where: str) -> float:
     raise TypeError(f"{where} has dtype {array.dtype}, which is not an image type; pass uint8 0..255 or floats in [0, 1].")
 
 
-def _to_unit_float(array: np.ndarray, scale: float) -> torch.Tensor:
-    """Pixels as a float32 tensor in [0, 1] (no copy for float32 data already in range)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return tensor if scale == 1.0 else tensor / scale
+def _unit_tensor(array: np.ndarray, scale: float) -> torch.Tensor:
+    """One image ``(H, W)`` or ``(H, W, C)`` as a float32 tensor ``(1, C, H, W)`` in [0, 1], C in {1, 3}.
+
+    No copy for float32 data; one float copy otherwise, divided in place.
+    """
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(np.ascontiguousarray(array[:, :, :3], dtype=np.float32))
+    if scale != 1.0:  # integer pixels, so the tensor is a fresh copy
+        tensor.div_(scale)
+    return tensor.permute(2, 0, 1)[None]
 
 
 def _channels_last_rgb(array: np.ndarray, where: str) -> np.ndarray:
@@ -115,45 +133,6 @@ def _channels_last_rgb(array: np.ndarray, where: str) -> np.ndarray:
     if channels == 4:  # RGBA: the alpha channel carries no appearance
         array = array[:, :, :3]
     return array
-
-
-def _check_path(path: str, where: str = "") -> None:
-    """Refuse a path that is not a file, before any file is read."""
-    where = f"{where}: " if where else ""
-    if os.path.isdir(path):
-        raise ValueError(
-            f"{where}{path!r} is a folder, not an image file; pass the image files in it, "
-            f"e.g. sorted(pathlib.Path({path!r}).glob('*.png'))."
-        )
-    if not os.path.isfile(path):
-        raise ValueError(f"{where}image file {path!r} does not exist; check the path.")
-
-
-def _read_image_file(path: str, where: str = "") -> np.ndarray:
-    """Read an image file into an array, naming the file (and ``where``, its place in X) in any error."""
-    _check_path(path, where)
-    where = f"{where}: " if where else ""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return _pil_to_array(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        # Pillow reports unknown formats, truncated and corrupt data with all of these types.
-        raise ValueError(
-            f"{where}cannot read image file {path!r} ({error}); it is not an image, or it is truncated or "
-            "corrupt. Replace the file or remove it from X."
-        ) from error
-
-
-def _pil_to_array(image) -> np.ndarray:
-    """PIL image to array: 16-bit and float modes keep their range; others become L or RGB."""
-    if image.mode in ("I;16", "I;16B", "I;16L"):
-        return np.asarray(image, dtype=np.uint16)
-    if image.mode in ("I", "F"):
-        return np.asarray(image)
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
-    return np.asarray(image)
 
 
 def _grey_flags(tensor: torch.Tensor) -> np.ndarray:
@@ -188,10 +167,12 @@ class ImageCollection:
     name : str, default="X"
         Name used in error messages.
     fitted_colour_mode : {"grey", "colour", "mixed"} or None, default=None
-        :attr:`colour_mode` of the images a detector was fitted on. With ``"grey"``, a colour
-        image raises ``ValueError`` (the model never saw colour, its score would be
-        meaningless); with ``"colour"``, a grey image gives a ``UserWarning`` (a neutral
-        colour image is grey too, so it may be legitimate). ``"mixed"`` or None: no check.
+        :attr:`colour_mode` of the images a detector was fitted on. With ``"grey"``, each
+        colour image gives an :class:`~skfastflow.files.ImageWarning` and is scored: colour
+        on a part that has none is a defect to flag, not an input error. With ``"colour"``,
+        the first grey image gives one (a neutral colour image is grey too, so it may be
+        legitimate). ``"mixed"`` or None: no check. The warnings carry the image's
+        ``index`` in ``X``.
 
     Attributes
     ----------
@@ -205,7 +186,7 @@ class ImageCollection:
         self.fitted_colour_mode = fitted_colour_mode
         self.colour_mode = None
         self._warned_grey = False
-        if Image is not None and isinstance(X, Image.Image):
+        if isinstance(X, Image.Image):
             raise TypeError(f"{name} is a single PIL image; pass a list of images, e.g. [image].")
         if isinstance(X, (str, os.PathLike)):
             raise TypeError(f"{name} is a single path; pass a list of paths, e.g. [{os.fspath(X)!r}], or a folder's images.")
@@ -258,9 +239,9 @@ class ImageCollection:
         where = f"{self.name}[{index}]"
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
-            _check_path(path, where)
+            check_image_path(path)
             return path
-        if Image is not None and isinstance(item, Image.Image):
+        if isinstance(item, Image.Image):
             return item
         if isinstance(item, np.ndarray):
             if item.dtype == object:
@@ -269,7 +250,7 @@ class ImageCollection:
                     "for 0..255 pixels or dtype=np.float32 for 0..1 pixels."
                 )
             item = _channels_last_rgb(item, f"{where} ({_describe(item)})")
-            _pixel_scale(item, where)
+            _pixel_scale(item, where, index)
             return item
         raise TypeError(
             f"{where} is a {type(item).__name__}; list items must be numpy arrays, PIL images or file paths."
@@ -277,18 +258,17 @@ class ImageCollection:
         )
 
     def _load_item(self, index: int) -> torch.Tensor:
-        """Return list item ``index`` as a float32 tensor (1, C, H, W) in [0, 1], C in {1, 3}."""
+        """List item ``index`` as a float32 tensor (1, C, H, W) in [0, 1], C in {1, 3}."""
         item = self._items[index]
-        where = f"{self.name}[{index}]"
-        if isinstance(item, str):
-            array = _read_image_file(item, where)
-            where = f"{where} (file {item!r})"
-        elif isinstance(item, np.ndarray):
-            array = item
-        else:
-            array = _pil_to_array(item)
-        array = _channels_last_rgb(array, where)
-        return _to_unit_float(array, _pixel_scale(array, where)).permute(2, 0, 1)[None]
+        if isinstance(item, np.ndarray):  # checked at construction
+            return _unit_tensor(item, _pixel_scale(item, f"{self.name}[{index}]", index))
+        # Files and PIL images, read as a viewer shows them: uint8, uint16 or float32 in [0, 1].
+        array = read_image(item) if isinstance(item, str) else image_to_array(item)
+        return _unit_tensor(array, _FILE_SCALES[array.dtype.kind, array.dtype.itemsize])
+
+    def _load_stacked(self, index: int) -> torch.Tensor:
+        """Image ``index`` of the stack as a float32 tensor (1, C, H, W) in [0, 1], C in {1, 3}."""
+        return _unit_tensor(self._stack[index], self._scale)
 
     def batches(
         self,
@@ -308,53 +288,57 @@ class ImageCollection:
         std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         for start in range(0, len(indices), batch_size):
             batch_indices = indices[start : start + batch_size]
-            if self._stack is not None:
-                tensor, sizes, is_grey = self._stack_batch(batch_indices, input_size)
-            else:
-                tensor, sizes, is_grey = self._item_batch(batch_indices, input_size)
+            tensor, sizes, is_grey = self._read_batch(batch_indices, input_size)
             self._check_colour(batch_indices, is_grey)
             yield ImageBatch(batch_indices, (tensor - mean_tensor) / std_tensor, sizes, is_grey)
 
-    def _stack_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
-        pixels = self._stack[batch_indices]
-        if pixels.ndim == 3:
-            pixels = pixels[..., None]
-        tensor = _to_unit_float(pixels[..., :3], self._scale).permute(0, 3, 1, 2)
-        sizes = [tuple(pixels.shape[1:3])] * len(batch_indices)
-        return _to_rgb(_resize(tensor, input_size)), sizes, _grey_flags(tensor)
+    def _read_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
+        """Images at ``batch_indices`` resized to ``input_size`` (n, 3, H, W), their sizes and grey flags.
 
-    def _item_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
+        One image at a time: only one image exists as full-resolution floats at any moment.
+        """
+        load = self._load_stacked if self._stack is not None else self._load_item
         tensors, sizes, is_grey = [], [], []
         for index in batch_indices:
-            image = self._load_item(int(index))
+            image = load(int(index))
             sizes.append(tuple(image.shape[2:]))
             is_grey.append(_grey_flags(image)[0])
             tensors.append(_to_rgb(_resize(image, input_size)))
         return torch.cat(tensors), sizes, np.array(is_grey, dtype=bool)
 
     def _check_colour(self, batch_indices: np.ndarray, is_grey: np.ndarray) -> None:
-        """Record grey/colour of a batch; refuse or flag images unlike the fitted ones."""
+        """Record grey/colour of a batch; flag images unlike the fitted ones."""
         batch_mode = "grey" if is_grey.all() else "colour" if not is_grey.any() else "mixed"
         if self.colour_mode is None or self.colour_mode == batch_mode:
             self.colour_mode = batch_mode
         else:
             self.colour_mode = "mixed"
-        if self.fitted_colour_mode == "grey" and not is_grey.all():
-            index = int(batch_indices[np.flatnonzero(~is_grey)[0]])
-            raise ValueError(
-                f"{self.name}[{index}] is a colour image, but the detector was fitted on grey images only, so its "
-                "score would be meaningless. Convert the images to grey (PIL: image.convert('L'); numpy: "
-                "X.mean(axis=-1)), or refit the detector on colour images."
-            )
+        if self.fitted_colour_mode == "grey":
+            for index in batch_indices[~is_grey]:
+                subject = f"{self.name}[{index}]"
+                warnings.warn(
+                    ImageWarning(
+                        f"{subject} is a colour image, but the detector was fitted on grey images only; it is scored "
+                        "as it is, and colour the good images never had makes it score as anomalous. If the camera "
+                        "now delivers colour images, refit the detector on colour images.",
+                        index=int(index),
+                        subject=subject,
+                    ),
+                    stacklevel=3,
+                )
         if self.fitted_colour_mode == "colour" and is_grey.any() and not self._warned_grey:
             self._warned_grey = True
             index = int(batch_indices[np.flatnonzero(is_grey)[0]])
+            subject = f"{self.name}[{index}]"
             warnings.warn(
-                f"{self.name}[{index}] is a grey image, but the detector was fitted on colour images only; grey "
-                "images tend to score as anomalous. Pass colour images, or refit on grey images if the camera "
-                "now delivers grey.",
-                UserWarning,
-                stacklevel=2,
+                ImageWarning(
+                    f"{subject} is a grey image, but the detector was fitted on colour images only; grey images "
+                    "tend to score as anomalous. Pass colour images, or refit on grey images if the camera now "
+                    "delivers grey.",
+                    index=index,
+                    subject=subject,
+                ),
+                stacklevel=3,
             )
 
 

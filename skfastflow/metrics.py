@@ -362,3 +362,54 @@ def _kth_largest_normal_score(masks, maps, k):
         n_greater + int(np.count_nonzero(scores > score)),
         int(np.count_nonzero(scores == score)),
     )
+
+
+def recall_at_false_alarm_rates(y_true, scores, false_alarm_rates=(0.0, 0.01, 0.05, 0.1)):
+    """Share of defective images caught by the best threshold allowed each false-alarm rate.
+
+    For each rate ``r``, the threshold is the one that flags the most defective images
+    while flagging at most a share ``r`` of the good ones (images are flagged when their
+    score lies strictly below it). This is the operating point a threshold chosen *on
+    these very images* would reach, so it is a yardstick for a threshold set without them,
+    never a way to set one.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 for good, -1 for defective images (scikit-learn's outlier labels).
+    scores : array-like of shape (n_samples,)
+        :meth:`~skfastflow.FastFlowDetector.score_samples` (lower = more abnormal).
+    false_alarm_rates : sequence of float in [0, 1], default=(0, 0.01, 0.05, 0.1)
+
+    Returns
+    -------
+    recalls : ndarray of shape (len(false_alarm_rates),), dtype float64
+        Values in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If the labels are not 1 / -1, or either class is missing.
+
+    Examples
+    --------
+    >>> recall_at_false_alarm_rates([1, 1, 1, 1, -1, -1], [0.9, 0.8, 0.7, 0.4, 0.5, 0.1], [0.0, 0.25])
+    array([0.5, 1. ])
+    """
+    y_true = np.asarray(y_true).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y_true.shape != scores.shape:
+        raise ValueError(f"y_true has {y_true.size} labels but scores has {scores.size} values; pass one of each per image.")
+    if not np.isin(y_true, (1, -1)).all():
+        raise ValueError("y_true may only hold 1 (good) and -1 (defective).")
+    good, defects = np.sort(scores[y_true == 1]), np.sort(scores[y_true == -1])
+    if good.size == 0 or defects.size == 0:
+        raise ValueError("recall at a false-alarm rate needs good (1) and defective (-1) images.")
+    recalls = []
+    for rate in false_alarm_rates:
+        # At most floor(rate * n_good) good images may lie strictly below the threshold: the
+        # highest such threshold is the next good score up (all of them for rate 1).
+        allowed = math.floor(rate * good.size + 1e-9)
+        threshold = good[allowed] if allowed < good.size else np.inf
+        recalls.append(np.searchsorted(defects, threshold, side="left") / defects.size)
+    return np.array(recalls, dtype=np.float64)

@@ -35,8 +35,8 @@ Examples
 ...     {"hidden_ratio": [0.5, 1.0]}, scoring=pixel_roc_auc_scorer,
 ...     cv=KFold(2, shuffle=True, random_state=0),
 ... ).fit(data.images, data.masks)
->>> bool(0.0 <= search.best_score_ <= 1.0)
-True
+>>> round(float(search.best_score_), 2)  # pixel AUROC of the better setting, held out
+0.99
 """
 
 from __future__ import annotations

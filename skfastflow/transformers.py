@@ -39,7 +39,8 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 
 from .datasets import _LUMINANCE
-from .images import ImageCollection, _pil_to_array, _read_image_file, _resize
+from .files import image_to_array, read_image
+from .images import ImageCollection, _resize
 from .nn.model import as_size_pair
 
 
@@ -48,16 +49,16 @@ def _validated_images(X):
     images = ImageCollection(X)
     if images._stack is not None:
         return images._stack
-    return [_item_as_array(item, f"X[{index}]") for index, item in enumerate(images._items)]
+    return [_item_as_array(item) for item in images._items]
 
 
-def _item_as_array(item, where: str) -> np.ndarray:
-    """A validated list item (array, PIL image or path) as an array; files are read here."""
+def _item_as_array(item) -> np.ndarray:
+    """A validated list item (array, PIL image or path) as an array; files are read here, as a viewer shows them."""
     if isinstance(item, str):
-        return _read_image_file(item, where)
+        return read_image(item)
     if isinstance(item, np.ndarray):
         return item
-    return _pil_to_array(item)
+    return image_to_array(item)
 
 
 def _apply_to_images(X, transform_stack):

@@ -8,7 +8,10 @@ numpy and Pillow. To save one as PNG, use Pillow::
 
 Images follow the package's pixel rules (see :mod:`skfastflow.images`): grey ``(H, W)``
 or ``(H, W, 1)``, RGB ``(H, W, 3)`` or RGBA (alpha dropped); ``uint8`` 0..255, ``uint16``
-or floats in [0, 1]; PIL images are accepted too.
+or floats in [0, 1]; PIL images are accepted too, read as the detector reads them (the
+picture a viewer shows, :func:`skfastflow.files.image_to_array`). To overlay a map from
+``predict_maps`` on an image file, read the file with :func:`skfastflow.files.read_image`:
+both then have the displayed size and orientation.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numbers
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import _channels_last_rgb, _pil_to_array, _pixel_scale
+from .files import image_to_array
+from .images import _channels_last_rgb, _pixel_scale
 
 # Perceptually uniform colormaps (lightness rises steadily from low to high scores),
 # given by nine evenly spaced anchor colours and interpolated linearly between them.
@@ -189,7 +193,7 @@ def make_grid(images, *, n_cols=None, padding=2, background=255):
 def _as_rgb_uint8(image, where):
     """Any accepted image as an (H, W, 3) uint8 array (grey channels repeated)."""
     if isinstance(image, Image.Image):
-        image = _pil_to_array(image)
+        image = image_to_array(image)
     array = _channels_last_rgb(np.asarray(image), where)
     scale = _pixel_scale(array, where)
     if array.dtype != np.uint8:

@@ -4,8 +4,10 @@ The end-to-end tests run ``python -m skfastflow`` on a tiny synthetic MVTec-layo
 with timm's tiny ``test_resnet`` backbone and random weights, so they need no download.
 """
 
+import argparse
 import csv
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +19,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 import skfastflow.detector as detector_module
 from skfastflow import FastFlowDetector
 from skfastflow.cli import _input_size, load_model, main, save_model, training_images, write_mvtec_folder
-from skfastflow.datasets import make_defect_images
+from skfastflow.datasets import load_mvtec, make_defect_images
+from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0"]
@@ -98,20 +102,33 @@ def test_predict_prints_one_verdict_per_image_and_writes_csv_and_overlays(fit_ru
             assert picture.size == (64, 64)
 
 
-def test_evaluate_reports_metrics_and_confusion_at_the_threshold(fit_run, mvtec_dir):
+def test_evaluate_reports_the_librarys_metrics_and_confusion_at_the_threshold(fit_run, mvtec_dir):
     _, model_path = fit_run
     process = run_cli("evaluate", model_path, mvtec_dir)
     assert process.returncode == 0, process.stderr
     out = process.stdout
-    n_defective = sum(1 for path in (mvtec_dir / "test").rglob("*.png") if path.parent.name != "good")
+    # The right figures: the library's own metrics on the detector's maps and the masks.
+    detector = load_model(model_path)
+    data = load_mvtec(mvtec_dir)
+    maps, scores = detector.predict_maps(list(data.paths_test), return_scores=True)
+    n_defective = int((data.y_test == -1).sum())
     assert f"Test images: {N_TEST - n_defective} good, {n_defective} defective" in out
-    for name in ("image AUROC", "pixel AUROC", "AUPRO"):
-        value = float(next(line for line in out.splitlines() if name in line).split()[-1])
-        assert 0.0 <= value <= 1.0
+    expected = {
+        "image AUROC": roc_auc_score(data.y_test, scores),  # higher score = more normal = label 1
+        "pixel AUROC": pixel_roc_auc_score(data.masks_test, maps),
+        "AUPRO": aupro_score(data.masks_test, maps),
+    }
+    # Negated maps or scores would report 1 - AUROC: these are far enough from 0.5 to tell.
+    assert all(abs(expected[name] - 0.5) > 0.01 for name in ("image AUROC", "pixel AUROC"))
+    for name, value in expected.items():
+        printed = float(next(line for line in out.splitlines() if name in line).split()[-1])
+        assert printed == pytest.approx(value, abs=5e-4 + 1e-9), name  # printed to 3 decimals
+    flagged = scores - detector.offset_ < 0
     good_row = next(line for line in out.splitlines() if line.split()[:1] == ["good"]).split()
     defective_row = next(line for line in out.splitlines() if line.split()[:1] == ["defective"]).split()
-    assert int(good_row[1]) + int(good_row[2]) == N_TEST - n_defective
-    assert int(defective_row[1]) + int(defective_row[2]) == n_defective
+    good, defective = data.y_test == 1, data.y_test == -1
+    assert [int(good_row[1]), int(good_row[2])] == [int((good & ~flagged).sum()), int((good & flagged).sum())]
+    assert [int(defective_row[1]), int(defective_row[2])] == [int((defective & ~flagged).sum()), int((defective & flagged).sum())]
 
 
 def test_user_error_in_a_subprocess_gives_status_2_and_no_traceback(tmp_path):
@@ -224,7 +241,7 @@ def test_input_size_accepts_n_and_height_x_width(height, width):
 
 @given(st.text(max_size=12).filter(lambda text: not text.strip().lower().replace("x", "").isdigit()))
 def test_input_size_refuses_anything_else(text):
-    with pytest.raises(Exception, match="HEIGHTxWIDTH"):
+    with pytest.raises(argparse.ArgumentTypeError, match="HEIGHTxWIDTH"):
         _input_size(text)
 
 
@@ -238,7 +255,7 @@ def test_training_images_prefer_train_good_of_an_mvtec_folder(mvtec_dir):
 def test_failed_save_leaves_the_previous_model_intact(tmp_path):
     path = tmp_path / "model.joblib"
     save_model({"first": 1}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError):
         save_model({"unpicklable": lambda: None}, path)
     assert joblib.load(path) == {"first": 1}
     assert os.listdir(tmp_path) == ["model.joblib"]

@@ -279,7 +279,12 @@ def tiny_mvtec(tmp_path):
 
 def test_load_mvtec_reads_every_format_in_sorted_order(tiny_mvtec):
     root, expected = tiny_mvtec
-    data = load_mvtec(root)
+    with pytest.warns(UserWarning) as record:
+        data = load_mvtec(root)
+    skipped = sorted(str(w.message) for w in record)
+    assert len(skipped) == 2
+    assert "skipped 1 entry: .cache (hidden)" in skipped[0]
+    assert "skipped 2 entries: .hidden.png (hidden file); notes.txt (not an image file (suffix '.txt'))" in skipped[1]
     for name in ("X_train", "X_test", "masks_test"):
         assert len(data[name]) == len(expected[name])
         for got, want in zip(data[name], expected[name]):
@@ -309,13 +314,14 @@ def test_load_mvtec_reads_uncommon_modes(tmp_path):
     root = tmp_path / "modes"
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
     rgba = np.concatenate([rgb, np.full((2, 3, 1), 7, np.uint8)], axis=2)
-    _save(root / "train/good/1_rgba.png", rgba)  # alpha dropped
+    _save(root / "train/good/1_rgba.png", rgba)  # transparent: shown over black
     Image.fromarray(rgb).convert("P").save(root / "train/good/2_palette.png")
     wide = np.array([[0, 257 * 100], [65535, 257 * 3]], dtype=np.uint16)
     Image.fromarray(wide).save(root / "train/good/3_sixteen_bit.png")
     _save(root / "test/good/ok.png", rgb)
-    data = load_mvtec(root)
-    np.testing.assert_array_equal(data.X_train[0], rgb)
+    with pytest.warns(UserWarning, match=r"1_rgba.png' has transparent pixels; .*over black"):
+        data = load_mvtec(root)
+    np.testing.assert_array_equal(data.X_train[0], np.rint(rgb * (7 / 255)).astype(np.uint8))
     palette = np.asarray(Image.open(root / "train/good/2_palette.png").convert("RGB"))
     np.testing.assert_array_equal(data.X_train[1], palette)
     # 16-bit grey keeps its full range, as the detector accepts uint16.

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -14,6 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from skfastflow import FastFlowDetector
+from skfastflow.thresholds import robust_offset
 from skfastflow.datasets import make_defect_images
 
 FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=8, batch_size=16, random_state=0)
@@ -66,6 +68,16 @@ def test_decision_function_and_predict_follow_scikit_learn_signs(detector, data)
     assert set(np.unique(detector.predict(test.images))) <= {-1, 1}
 
 
+def test_an_image_exactly_at_the_threshold_is_an_inlier(detector, data, monkeypatch):
+    # scikit-learn's rule: decision_function < 0 is an outlier, 0 is not (so "auto", whose
+    # offset_ can be a held-out score itself, flags no held-out good image).
+    _, test = data
+    scores = detector.score_samples(test.images[:6])
+    monkeypatch.setattr(detector, "offset_", scores[2])
+    assert detector.decision_function(test.images[:6])[2] == 0.0
+    np.testing.assert_array_equal(detector.predict(test.images[:6]), np.where(scores >= scores[2], 1, -1))
+
+
 def test_anomaly_maps_point_at_the_defect(detector, data):
     _, test = data
     defective = np.flatnonzero(test.target == -1)
@@ -79,14 +91,33 @@ def test_anomaly_maps_point_at_the_defect(detector, data):
     assert roc_auc_score(test.masks[defective].ravel(), maps.ravel()) > 0.9
 
 
-def test_maps_come_back_at_each_image_original_size(detector, data):
+def test_each_map_of_a_mixed_size_list_is_the_map_of_that_image_scored_alone(detector, data):
     _, test = data
     big = np.asarray(Image.fromarray(test.images[0]).resize((96, 80)))
-    maps = detector.predict_maps([test.images[1], big, test.images[2][:50]])
+    # Two images per size, so that images sharing a size cannot swap maps unnoticed.
+    images = [test.images[1], big, test.images[2][:50], test.images[3], test.images[4][:50]]
+    maps = detector.predict_maps(images)
     assert isinstance(maps, list)
-    assert [m.shape for m in maps] == [(64, 64), (80, 96), (50, 64)]
+    assert [m.shape for m in maps] == [(64, 64), (80, 96), (50, 64), (64, 64), (50, 64)]
+    for image, anomaly_map in zip(images, maps):
+        np.testing.assert_allclose(anomaly_map, detector.predict_maps([image])[0], rtol=0, atol=1e-6)
+    assert np.abs(maps[2] - maps[4]).max() > 1e-3  # they do differ, so a swap would show
     same = detector.predict_maps(test.images[:3])
     assert isinstance(same, np.ndarray) and same.shape == (3, 64, 64)
+
+
+def test_a_map_comes_back_with_each_pixel_over_its_image_pixel(detector, data):
+    # A 32 x 32 image is scored at input_size 64 x 64; its map comes back halved with pixel
+    # centres at half-integers, i.e. as the mean of each 2 x 2 block of the 64 x 64 map.
+    _, test = data
+    small = test.images[7][::2, ::2]
+    # What the backbone sees: the image upsampled as skfastflow.images does (antialiased
+    # bilinear, half-pixel centres); at input_size already, its map is not resized.
+    pixels = torch.from_numpy(small.astype(np.float32)).permute(2, 0, 1)[None] / 255.0
+    seen = F.interpolate(pixels, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    at_input_size = detector.predict_maps(seen[0].permute(1, 2, 0).clamp(0, 1).numpy()[None])[0]
+    expected = at_input_size.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(detector.predict_maps(small[None])[0], expected, rtol=0, atol=1e-6)
 
 
 def test_default_image_score_is_the_negated_mean_of_the_top_percent_of_the_map(detector, data):
@@ -115,11 +146,13 @@ def test_offset_and_predict_use_the_same_image_score(data, image_score, inferenc
     fitted = FastFlowDetector(
         **{**FAST, "max_iter": 2}, image_score=image_score, early_stopping=False, inference_precision=inference_precision
     ).fit(X_good[:8])
-    # Without early stopping, "auto" with fewer than 10 training images is their lowest score:
-    # fit scores them as score_samples does, in the same precision (a bfloat16 backbone moves
-    # scores by about 1e-3, so a threshold from float32 features would not match to this
-    # tolerance; bfloat16 flows, under "auto", must be fed the very features score_samples computes).
-    assert fitted.offset_ == pytest.approx(fitted.score_samples(X_good[:8]).min(), rel=1e-6)
+    # Without early stopping the threshold's scores are the training images' own: fit scores
+    # them as score_samples does, in the same precision (a bfloat16 backbone moves scores by
+    # about 1e-3, so a threshold from float32 features would not match to this tolerance;
+    # bfloat16 flows, under "auto", must be fed the very features score_samples computes).
+    training_scores = fitted.score_samples(X_good[:8])
+    np.testing.assert_allclose(fitted.calibration_scores_, training_scores, rtol=1e-6)
+    assert fitted.offset_ == pytest.approx(robust_offset(training_scores), rel=1e-6)
     scores = fitted.score_samples(test.images)
     np.testing.assert_allclose(fitted.decision_function(test.images), scores - fitted.offset_)
     np.testing.assert_array_equal(fitted.predict(test.images), np.where(scores < fitted.offset_, -1, 1))
@@ -135,8 +168,12 @@ def test_predict_maps_returns_score_samples_from_the_same_pass(detector, max_det
     np.testing.assert_array_equal(scores, fitted.score_samples(images))
     for with_scores, alone in zip(maps, fitted.predict_maps(images)):
         np.testing.assert_array_equal(with_scores, alone)
-    same_size_maps, _ = fitted.predict_maps(test.images[:3], return_scores=True)
+    same_size_maps, same_size_scores = fitted.predict_maps(test.images[:3], return_scores=True)
     assert isinstance(same_size_maps, np.ndarray) and same_size_maps.shape == (3, 64, 64)
+    # At input_size (64 x 64) the maps are not resized: the scores are their image scores.
+    flat = same_size_maps.reshape(3, -1)
+    expected = -flat.max(axis=1) if image_score == "max" else -np.sort(flat, axis=1)[:, -41:].mean(axis=1)
+    np.testing.assert_allclose(same_size_scores, expected, rtol=1e-5)
 
 
 @settings(max_examples=30, deadline=None)
@@ -202,19 +239,26 @@ def test_same_random_state_gives_identical_scores_and_leaves_torch_rng_alone(dat
     assert not np.array_equal(first, other)
 
 
-def test_score_is_held_out_log_likelihood_per_dimension(detector, data):
+def test_score_is_the_mean_held_out_log_likelihood_per_dimension(detector, data):
     X_good, test = data
-    good_score = detector.score(X_good[:10])
-    assert np.isfinite(good_score)
-    assert good_score > detector.score(test.images[test.target == -1])
+    # The best epoch's weights are kept, so the held-out images score its validation score.
     assert detector.best_validation_score_ == max(detector.validation_scores_)
+    assert detector.score(_held_out_images(detector, X_good)) == pytest.approx(detector.best_validation_score_, rel=1e-6)
+    # A mean over images, not a sum: one image repeated 6 times scores as that image alone,
+    # and a set scores the mean of its images' scores.
+    first = detector.score(test.images[:1])
+    assert detector.score(np.repeat(test.images[:1], 6, axis=0)) == pytest.approx(first, rel=1e-6)
+    alone = [first] + [detector.score(test.images[i : i + 1]) for i in (1, 2)]
+    assert detector.score(test.images[:3]) == pytest.approx(np.mean(alone), rel=1e-6)
+    assert detector.score(X_good[:10]) > detector.score(test.images[test.target == -1])
 
 
 def test_offset_uses_held_out_good_images_and_contamination(data):
     X_good, _ = data
     auto = FastFlowDetector(**{**FAST, "validation_fraction": 0.5}).fit(X_good)
     held_out_scores = auto.score_samples(_held_out_images(auto, X_good))
-    assert auto.offset_ <= held_out_scores.min()  # "auto" never flags a held-out good image
+    np.testing.assert_allclose(np.sort(auto.calibration_scores_), np.sort(held_out_scores), rtol=1e-6)
+    assert auto.offset_ == pytest.approx(robust_offset(held_out_scores), rel=1e-6)
     tenth = FastFlowDetector(**{**FAST, "validation_fraction": 0.5, "contamination": 0.1}).fit(X_good)
     held_out_scores = tenth.score_samples(_held_out_images(tenth, X_good))
     assert tenth.offset_ == pytest.approx(np.percentile(held_out_scores, 10), rel=1e-6)
@@ -241,12 +285,6 @@ def test_fit_needs_two_good_images(data):
     X_good, _ = data
     with pytest.raises(ValueError, match="at least 2 good images"):
         FastFlowDetector(**FAST).fit(X_good[:1])
-
-
-def test_fit_predict_labels_the_training_images(data):
-    X_good, _ = data
-    labels = FastFlowDetector(**{**FAST, "max_iter": 2}).fit_predict(X_good[:10])
-    assert labels.shape == (10,) and set(np.unique(labels)) <= {-1, 1}
 
 
 def test_cuda_asked_for_without_cuda_is_a_clear_error(data):

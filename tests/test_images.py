@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from skfastflow.images import GREY_TOLERANCE, ImageCollection
+from skfastflow.images import GREY_TOLERANCE, ImageCollection, resize_maps
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -259,9 +259,10 @@ def image_files(tmp_path):
 
 
 def test_missing_file_and_folder_fail_before_any_reading(tmp_path):
-    with pytest.raises(ValueError, match=r"X\[1\]: image file .*missing.png' does not exist"):
+    with pytest.raises(ValueError, match=r"^image file .*missing.png' does not exist; check the path") as error:
         ImageCollection([np.zeros((8, 8), np.uint8), tmp_path / "missing.png"])
-    with pytest.raises(ValueError, match=r"is a folder, not an image file.*glob"):
+    assert "X" not in str(error.value).replace(str(tmp_path), "")
+    with pytest.raises(ValueError, match=r"is a folder, not an image file.*list_images"):
         ImageCollection([str(tmp_path)])
 
 
@@ -269,8 +270,9 @@ def test_missing_file_and_folder_fail_before_any_reading(tmp_path):
 def test_unreadable_files_name_the_file_and_its_position(image_files, name):
     _, files = image_files
     images = ImageCollection([files["colour"], files[name]])  # existence is checked, content later
-    with pytest.raises(ValueError, match=rf"X\[1\]: cannot read image file .*{name}.png.*truncated or corrupt"):
+    with pytest.raises(ValueError, match=rf"^cannot read image file .*{name}.png.*truncated or corrupt. Replace the file") as error:
         list(images.batches(2, SIZE, MEAN, STD))
+    assert "X" not in str(error.value).replace(str(files[name]), "")  # a file remedy, not one about X
 
 
 def test_list_mixing_paths_pil_images_and_arrays_equals_the_arrays(image_files):
@@ -288,13 +290,13 @@ def test_special_file_modes_are_read_with_their_range(tmp_path):
     Image.fromarray(ramp).save(tmp_path / "16bit.png")
     palette = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).convert("P")
     palette.save(tmp_path / "palette.png")
-    Image.new("LA", (8, 6), (128, 7)).save(tmp_path / "grey_alpha.png")
+    Image.new("LA", (8, 6), (128, 255)).save(tmp_path / "grey_alpha.png")
     Image.new("CMYK", (8, 6), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
     tensor, _ = to_tensor([tmp_path / n for n in ["16bit.png", "palette.png", "grey_alpha.png", "cmyk.jpg"]], size=(6, 8))
     pixels = unnormalise(tensor)
     np.testing.assert_allclose(pixels[0, 0].numpy(), ramp / 65535, atol=1e-5)
     np.testing.assert_allclose(pixels[1, 0].numpy(), np.arange(48).reshape(6, 8) / 255, atol=1e-5)
-    np.testing.assert_allclose(pixels[2].numpy(), 128 / 255, atol=1e-5)
+    np.testing.assert_allclose(pixels[2].numpy(), 128 / 255, atol=1e-5)  # opaque: as stored
     np.testing.assert_allclose(pixels[3].mean(dim=(1, 2)).numpy(), [1, 0, 0], atol=0.02)  # CMYK red
 
 
@@ -326,12 +328,15 @@ def test_collection_records_what_it_yielded():
         assert images.colour_mode == mode
 
 
-def test_colour_image_for_a_grey_detector_is_refused_naming_it():
+def test_colour_images_for_a_grey_detector_are_yielded_with_a_warning_naming_each():
     X = np.zeros((5, 8, 8, 3), np.uint8)
-    X[3, 2, 2] = (255, 0, 0)
+    X[[1, 3], 2, 2] = (255, 0, 0)  # a rust-coloured stain on two grey parts
     images = ImageCollection(X, fitted_colour_mode="grey")
-    with pytest.raises(ValueError, match=r"X\[3\] is a colour image.*fitted on grey.*convert\('L'\)"):
-        list(images.batches(2, SIZE, MEAN, STD))
+    with pytest.warns(UserWarning, match=r"colour image.*fitted on grey.*scored") as record:
+        batches = list(images.batches(2, SIZE, MEAN, STD))
+    assert [b for batch in batches for b in batch.indices] == [0, 1, 2, 3, 4]
+    named = [(w.message.index, str(w.message).split(" ")[0]) for w in record if "colour image" in str(w.message)]
+    assert named == [(1, "X[1]"), (3, "X[3]")]
 
 
 def test_grey_image_for_a_colour_detector_warns_once():
@@ -349,3 +354,51 @@ def test_mixed_fit_accepts_everything():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         list(ImageCollection(X, fitted_colour_mode="mixed").batches(2, SIZE, MEAN, STD))
+
+
+# ----------------------------------------------------------------- maps back to each image's size
+
+def half_pixel_bilinear(values, size):
+    """``values`` (h, w) resized to ``size`` by bilinear interpolation, pixel centres at half-integers.
+
+    Output pixel ``i`` of ``n_out`` samples the input at ``(i + 0.5) * n_in / n_out - 0.5``,
+    clamped to the first and last input pixel: the convention by which the images were
+    resized to ``input_size``, so that each map pixel lies over its image pixel.
+    """
+
+    def weights(n_in, n_out):
+        position = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, n_in - 1)
+        matrix = np.zeros((n_out, n_in))
+        np.add.at(matrix, (np.arange(n_out), low), 1 - (position - low))
+        np.add.at(matrix, (np.arange(n_out), high), position - low)
+        return matrix
+
+    return weights(values.shape[0], size[0]) @ values @ weights(values.shape[1], size[1]).T
+
+
+def test_a_map_resized_to_twice_its_width_keeps_pixel_centres_aligned():
+    # Centres at half-integers: the new pixels sit a quarter of the way between the old ones.
+    # Corner alignment (align_corners=True) would give [0, 1/3, 2/3, 1].
+    (resized,) = resize_maps(torch.tensor([[[[0.0, 1.0]]]]), [(1, 4)])
+    np.testing.assert_allclose(resized, [[0.0, 0.25, 0.75, 1.0]], atol=1e-7)
+    # Halving the size averages pairs of pixels (no antialiasing filter beyond that).
+    (halved,) = resize_maps(torch.tensor([[[[0.0, 1.0, 2.0, 3.0]]]]), [(1, 2)])
+    np.testing.assert_allclose(halved, [[0.5, 2.5]], atol=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    input_size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    sizes=st.lists(st.sampled_from([(1, 1), (3, 5), (8, 8), (13, 6), (7, 20)]), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_each_map_comes_back_at_its_own_size_and_from_its_own_values(input_size, sizes, seed):
+    # Maps of one size are resized together; each must still get its own values back.
+    maps = np.random.default_rng(seed).random((len(sizes), 1, *input_size)).astype(np.float32)
+    resized = resize_maps(torch.from_numpy(maps), sizes)
+    assert len(resized) == len(sizes)
+    for anomaly_map, size, result in zip(maps, sizes, resized):
+        assert result.shape == size
+        np.testing.assert_allclose(result, half_pixel_bilinear(anomaly_map[0].astype(np.float64), size), atol=1e-6)

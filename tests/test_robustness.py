@@ -161,7 +161,7 @@ def test_fit_needs_two_good_images():
 def test_one_image_is_scored(colour_detector):
     X = colour_images(3, seed=1)
     assert colour_detector.score_samples(X[:1])[0] == pytest.approx(colour_detector.score_samples(X)[0], abs=1e-6)
-    assert colour_detector.predict_maps(X[:1]).shape == (1, 32, 32)
+    np.testing.assert_allclose(colour_detector.predict_maps(X[:1])[0], colour_detector.predict_maps(X)[0], rtol=0, atol=1e-6)
 
 
 def test_equivalent_encodings_give_the_same_scores(colour_detector):
@@ -187,8 +187,14 @@ def test_mixed_and_tiny_sizes_give_maps_at_each_images_size(colour_detector):
     X = [rng.integers(60, 200, size=shape, dtype=np.uint8) for shape in [(40, 24, 3), (1, 1, 3), (2, 3, 3), (32, 32, 3)]]
     maps = colour_detector.predict_maps(X)
     assert [m.shape for m in maps] == [(40, 24), (1, 1), (2, 3), (32, 32)]
-    assert all(np.isfinite(m).all() for m in maps)
-    assert np.isfinite(colour_detector.score(X))
+    for image, anomaly_map in zip(X, maps):
+        np.testing.assert_allclose(anomaly_map, colour_detector.predict_maps(image[None])[0], rtol=0, atol=1e-6)
+    # A 1 x 1 image is seen as a flat 32 x 32 image of its colour; its one map pixel, centred at
+    # (15.5, 15.5) of that image's 32 x 32 map, is the mean of the four map pixels around it.
+    flat = colour_detector.predict_maps(np.tile(X[1], (1, 32, 32, 1)))[0]
+    assert maps[1][0, 0] == pytest.approx(flat[15:17, 15:17].mean(), abs=1e-6)
+    alone = [colour_detector.score([image]) for image in X]
+    assert colour_detector.score(X) == pytest.approx(np.mean(alone), rel=1e-6)
 
 
 # ----------------------------------------------------------------- grey and colour
@@ -300,7 +306,7 @@ def test_non_finite_loss_leaves_a_fitted_detector_unchanged(colour_detector, mon
 @pytest.mark.parametrize("early_stopping", [True, False])  # offset_ from held-out or from training images
 def test_a_model_scoring_nan_is_never_returned(monkeypatch, early_stopping):
     # Finite loss but NaN scores on the threshold's images (say, features that overflow only there).
-    monkeypatch.setattr(FastFlowDetector, "_threshold_scores", lambda self, model, images, indices, features, device: np.full(len(indices), np.nan))
+    monkeypatch.setattr(FastFlowDetector, "_threshold_scores", lambda self, model, images, indices, features, device: {0.01: np.full(len(indices), np.nan)})
     detector = FastFlowDetector(**FAST, early_stopping=early_stopping)
     with pytest.raises(FloatingPointError, match="non-finite scores to good images"):
         detector.fit(colour_images(6))

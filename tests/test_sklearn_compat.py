@@ -6,7 +6,6 @@ backbone trained for three epochs separates them perfectly at 32 pixels.
 """
 
 import inspect
-import os
 import pickle
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skfastflow import FastFlowDetector
 from skfastflow._estimator_checks import CHECKS_REPLACED_FOR_IMAGES, check_name, sklearn_checks
-from skfastflow.metrics import pixel_roc_auc_score
+from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 from skfastflow.scoring import pixel_aupro_scorer, pixel_roc_auc_scorer
 from skfastflow.transformers import CropResize, GreyConverter
 
@@ -129,7 +128,9 @@ def test_methods_take_y_second_and_accept_none(fitted, data):
     _, test, *_ = data
     for method in ("fit", "score", "fit_predict"):
         assert list(inspect.signature(getattr(FastFlowDetector, method)).parameters)[1:3] == ["X", "y"]
-    assert isinstance(fitted.score(test, None), float)
+    # y=None is the unlabelled case: the mean of the images' own held-out log-likelihoods.
+    per_image = [fitted.score(test[i : i + 1]) for i in range(4)]
+    assert fitted.score(test[:4], None) == pytest.approx(np.mean(per_image), rel=1e-6)
 
 
 def test_fit_returns_self_is_idempotent_and_changes_neither_parameters_nor_images(data, fitted):
@@ -169,11 +170,15 @@ def test_images_of_any_size_are_accepted_after_fit(fitted, data):
     rng = np.random.default_rng(1)
     wide = rng.uniform(0.3, 0.5, (2, 20, 44, 3))
     tiny = rng.uniform(0.3, 0.5, (2, 3, 5, 3))
-    assert fitted.score_samples(wide).shape == (2,)
-    assert fitted.predict_maps(wide).shape == (2, 20, 44)
-    assert fitted.predict_maps(tiny).shape == (2, 3, 5)
-    maps = fitted.predict_maps([test[0], wide[0], tiny[0]])
-    assert [m.shape for m in maps] == [(SIZE, SIZE), (20, 44), (3, 5)]
+    # Each image gets a map at its own size, and the map and score it gets when scored alone.
+    images = [test[0], wide[0], tiny[0], wide[1], tiny[1]]
+    maps, scores = fitted.predict_maps(images, return_scores=True)
+    assert [m.shape for m in maps] == [(SIZE, SIZE), (20, 44), (3, 5), (20, 44), (3, 5)]
+    for image, anomaly_map, score in zip(images, maps, scores):
+        alone_map, alone_score = fitted.predict_maps(image[None], return_scores=True)
+        np.testing.assert_allclose(anomaly_map, alone_map[0], rtol=0, atol=1e-6)
+        assert score == pytest.approx(alone_score[0], abs=1e-6)
+    np.testing.assert_allclose(fitted.predict_maps(wide), np.stack(maps[1::2]), rtol=0, atol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
@@ -253,14 +258,28 @@ def test_memory_layout_does_not_change_scores(fitted, data):
     np.testing.assert_array_equal(fitted.score_samples(view), reference)
 
 
-def test_array_api_dispatch_does_not_change_scores(fitted, data):
-    # The same condition under which scikit-learn's own check runs.
-    if os.environ.get("SCIPY_ARRAY_API") != "1":
-        pytest.skip("SCIPY_ARRAY_API is not set: array API dispatch cannot be enabled")
-    _, test, *_ = data
-    reference = fitted.score_samples(test)
+def test_array_api_dispatch_does_not_change_results(fitted, data, monkeypatch):
+    # scikit-learn's check for estimators without array API support, on images: NumPy input
+    # gives the very same results with array API dispatch on. The scikit-learn code on the
+    # detector's path (parameter validation, the labels' column_or_1d, the scorers) runs
+    # under it. scikit-learn refuses dispatch unless SCIPY_ARRAY_API=1, which it reads when
+    # dispatch is switched on (scipy reads it at import, and only sees NumPy arrays here).
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
+    train, test, y_test, masks = data
+    X = np.concatenate([train, test[y_test == -1]])
+    y = np.r_[np.ones(len(train), int), -np.ones(int((y_test == -1).sum()), int)]
+
+    def results(detector):
+        return [
+            detector.score_samples(test), detector.decision_function(test), detector.predict(test),
+            detector.predict_maps(test), detector.score(test), pixel_aupro_scorer(detector, test, masks),
+        ]  # fmt: skip
+
     with sklearn.config_context(array_api_dispatch=True):
-        np.testing.assert_array_equal(fitted.score_samples(test), reference)
+        # Labelled defective images are left out of training, so this is `fitted` again.
+        dispatched = results(FastFlowDetector(**TINY).fit(X, y))
+    for got, expected in zip(dispatched, results(fitted)):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_fit_predict_equals_fit_then_predict(data, fitted):
@@ -432,7 +451,10 @@ def test_pixel_scorers_score_predict_maps_against_masks(fitted, data):
     maps = fitted.predict_maps(test)
     assert pixel_roc_auc_scorer(fitted, test, masks) == pixel_roc_auc_score(masks, maps)
     assert pixel_roc_auc_scorer(fitted, test, masks) > 0.9
-    assert 0.0 <= pixel_aupro_scorer(fitted, test, masks) <= 1.0
+    aupro = aupro_score(masks, maps)  # up to the MVTec AD false positive rate of 0.3
+    assert pixel_aupro_scorer(fitted, test, masks) == aupro
+    # The two metrics and the area up to FPR 1 differ here, so the scorers cannot swap unnoticed.
+    assert len({aupro, pixel_roc_auc_score(masks, maps), aupro_score(masks, maps, max_fpr=1.0)}) == 3
 
 
 def test_grid_search_with_pixel_masks_as_y(data, fitted):
@@ -474,7 +496,7 @@ def test_pipeline_of_transformers_and_detector(data, fitted):
     assert roc_auc_score(y_test, pipeline.decision_function(test)) > 0.95
     # predict_maps is reached through the last step, on the transformed images.
     maps = pipeline[-1].predict_maps(pipeline[:-1].transform(test))
-    assert maps.shape == (16, 24, 24)
+    np.testing.assert_array_equal(maps, detector.predict_maps(prepared))
     # A pipeline holding only the detector is the detector.
     alone = make_pipeline(FastFlowDetector(**TINY)).fit(train)
     np.testing.assert_array_equal(alone.score_samples(test), fitted.score_samples(test))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import norm
 
 from skfastflow import FastFlowDetector
+from skfastflow.thresholds import labelled_offset, robust_offset
 
 TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, batch_size=8, random_state=0)
 
@@ -40,11 +40,10 @@ def test_without_early_stopping_every_good_image_is_trained_on_and_sets_the_thre
     good = textured_images(10, seed=3)
     detector = FastFlowDetector(**TINY, max_iter=2, early_stopping=False, validation_fraction=0.5).fit(good)
     assert (detector.n_train_samples_, detector.n_validation_samples_) == (10, 0)
-    # offset_ comes from the training images' own scores (as IsolationForest's does);
-    # "auto" caps it at their minimum, so no training image is flagged.
+    # offset_ comes from the training images' own scores (as IsolationForest's does).
     training_scores = detector.score_samples(good)
-    assert detector.offset_ <= training_scores.min() + 1e-6
-    assert np.all(detector.predict(good) == 1)
+    np.testing.assert_allclose(detector.calibration_scores_, training_scores, rtol=1e-5)
+    assert detector.offset_ == pytest.approx(robust_offset(training_scores), rel=1e-5)
     tenth = FastFlowDetector(**TINY, max_iter=2, early_stopping=False, contamination=0.1).fit(good)
     assert tenth.offset_ == pytest.approx(np.percentile(tenth.score_samples(good), 10), rel=1e-5)
 
@@ -84,7 +83,9 @@ def test_defective_images_never_influence_the_fit():
     assert mixed.n_train_samples_ + mixed.n_validation_samples_ == 8
     assert mixed.loss_curve_ == alone.loss_curve_
     assert mixed.validation_scores_ == alone.validation_scores_
-    assert mixed.offset_ == alone.offset_
+    np.testing.assert_array_equal(mixed.calibration_scores_, alone.calibration_scores_)
+    # The defects only place the threshold: between them and the held-out good images.
+    assert mixed.offset_ == labelled_offset(alone.calibration_scores_, alone.score_samples(defective))
 
 
 def test_validation_fraction_sets_how_many_good_images_are_held_out():
@@ -119,18 +120,3 @@ def test_bad_training_parameters_are_refused_before_any_work(parameter, value):
         return
     with pytest.raises(ValueError, match=parameter):
         FastFlowDetector(**TINY, **{parameter: value}).fit(["not read: parameters are checked first"])
-
-
-def test_auto_threshold_is_the_lowest_held_out_score_when_too_few_to_estimate_a_spread():
-    # The two held-out glass images after 20 epochs: 2.576 standard deviations estimated
-    # from them reach 0.039, below half of the defective images' scores.
-    assert FastFlowDetector()._offset_from(np.array([0.2397, 0.1532])) == 0.1532
-
-
-def test_auto_threshold_extrapolates_a_normal_tail_from_enough_held_out_scores():
-    # 40 evenly spread normal quantiles: the lowest lies 2.24 deviations below the mean,
-    # so the 0.5 % tail bound (2.576 deviations) is below every held-out score.
-    scores = 0.5 + 0.02 * norm.ppf((np.arange(40) + 0.5) / 40)
-    expected = scores.mean() - 2.576 * scores.std(ddof=1)
-    assert expected < scores.min()
-    assert FastFlowDetector()._offset_from(scores) == pytest.approx(expected)

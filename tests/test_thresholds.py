@@ -1,0 +1,199 @@
+"""Verdicts: the label-free threshold, conformal p-values, labelled defects, set_threshold, score(X, y)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import norm
+
+from skfastflow import FastFlowDetector
+from skfastflow.metrics import recall_at_false_alarm_rates
+from skfastflow.thresholds import (
+    IMAGE_SCORE_RULES,
+    choose_image_score,
+    conformal_offset,
+    conformal_p_values,
+    labelled_offset,
+    quantile_offset,
+    robust_offset,
+)
+
+TINY = dict(backbone="test_resnet", pre_trained=False, input_size=64, flow_steps=2, max_iter=2, batch_size=8, random_state=0)
+scores_strategy = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=40)
+
+
+def textured_images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(90, 160, size=(1, 64, 64, 3))
+    return np.clip(base + rng.integers(-12, 12, size=(n, 64, 64, 3)), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------- label-free threshold
+
+
+def test_one_atypical_good_image_does_not_drag_the_threshold_down():
+    # 19 held-out scores of 0.5 and one of 0.3: the former rule (capped at the minimum) gave 0.3,
+    # passing every defect scoring above it; the median and MAD ignore the odd one.
+    assert robust_offset([0.5] * 19 + [0.3]) == 0.5
+    typical = 0.5 + 0.01 * norm.ppf((np.arange(19) + 0.5) / 19)
+    with_odd = np.append(typical, 0.1)
+    # Moved by the odd image by less than a tenth of the typical images' spread...
+    assert abs(robust_offset(with_odd) - robust_offset(typical)) < 0.1 * 0.01
+    # ...and at 2.33 robust deviations (1 % of a normal tail) below their median.
+    assert robust_offset(typical) == pytest.approx(np.median(typical) - norm.ppf(0.99) * 1.4826 * np.median(np.abs(typical - 0.5)), rel=1e-6)
+
+
+def test_threshold_with_fewer_than_three_scores_is_their_minimum():
+    assert robust_offset([0.2397, 0.1532]) == 0.1532
+    assert robust_offset([0.4]) == 0.4
+
+
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), st.floats(0.001, 0.5))
+def test_contamination_is_the_quantile_of_the_calibration_scores(scores, contamination):
+    assert quantile_offset(scores, contamination) == pytest.approx(np.percentile(scores, 100 * contamination))
+
+
+# ---------------------------------------------------------------------------- conformal p-values
+
+
+def test_p_values_count_calibration_scores_at_or_below():
+    np.testing.assert_array_equal(conformal_p_values([0.1, 0.45, 0.5, 0.9], [0.4, 0.5, 0.6, 0.7]), [0.2, 0.4, 0.6, 1.0])
+
+
+@pytest.mark.parametrize("n_calibration, alpha", [(19, 0.1), (39, 0.05), (9, 0.2), (30, 0.1)])
+def test_p_values_are_valid_on_exchangeable_scores(n_calibration, alpha):
+    # P(p <= alpha) = floor(alpha (n + 1)) / (n + 1) <= alpha for a good image exchangeable with
+    # the calibration images (Bates et al. 2023, Lemma 2): exact, not just a bound.
+    rng = np.random.default_rng(0)
+    repetitions = 4000
+    draws = rng.normal(size=(repetitions, n_calibration + 1))
+    p = np.array([conformal_p_values(row[-1:], row[:-1])[0] for row in draws])
+    expected = np.floor(alpha * (n_calibration + 1) + 1e-9) / (n_calibration + 1)
+    noise = 4 * np.sqrt(expected * (1 - expected) / repetitions)
+    assert expected <= alpha
+    assert abs(np.mean(p <= alpha) - expected) < noise
+
+
+@settings(max_examples=60, deadline=None)
+@given(calibration=scores_strategy, scores=scores_strategy, alpha=st.floats(0.01, 0.99))
+def test_conformal_offset_flags_exactly_the_images_with_p_at_most_alpha(calibration, scores, alpha):
+    offset = conformal_offset(calibration, alpha)
+    flagged = np.asarray(scores) < offset
+    np.testing.assert_array_equal(flagged, conformal_p_values(scores, calibration) <= alpha + 1e-12)
+
+
+def test_detector_p_values_compare_scores_with_the_held_out_good_images():
+    good = textured_images(12, seed=2)
+    detector = FastFlowDetector(**TINY, validation_fraction=0.5).fit(good)
+    assert len(detector.calibration_scores_) == 6
+    test = textured_images(4, seed=3)
+    test[:2, 10:40, 10:40] = 0
+    expected = conformal_p_values(detector.score_samples(test), detector.calibration_scores_)
+    np.testing.assert_array_equal(detector.p_values(test), expected)
+    assert set(np.round(detector.p_values(test) * 7, 9)) <= set(range(1, 8))
+
+
+# ---------------------------------------------------------------------------- labelled defects
+
+
+def test_labelled_offset_maximises_f1_or_reaches_the_recall_asked_for():
+    good, defects = [0.5, 0.6, 0.7], [0.1, 0.2, 0.55]
+    # Below 0.35: 2 of 3 defects, no false alarm (F1 0.8); below 0.575: 3 defects and one
+    # good image (F1 6/7 = 0.857): the latter is best.
+    assert labelled_offset(good, defects) == pytest.approx(0.575)
+    assert labelled_offset(good, defects, target_recall=0.3) == pytest.approx(0.15)
+    assert labelled_offset(good, defects, target_recall=0.5) == pytest.approx(0.35)  # 2 of 3 needed
+    assert labelled_offset(good, defects, target_recall=2 / 3) == pytest.approx(0.35)
+    assert labelled_offset(good, defects, target_recall=1.0) == pytest.approx(0.575)
+
+
+def test_image_score_rule_is_chosen_by_separation_of_labelled_defects_ties_to_the_first():
+    good = {"max": [0.5, 0.6], 0.01: [0.5, 0.6]}
+    assert choose_image_score(good, {"max": [0.55, 0.1], 0.01: [0.2, 0.1]}) == 0.01
+    assert choose_image_score(good, {"max": [0.2, 0.1], 0.01: [0.2, 0.1]}) == "max"
+
+
+@pytest.fixture(scope="module")
+def labelled_fit():
+    good = textured_images(12, seed=4)
+    defects = textured_images(4, seed=5)
+    defects[:, 20:30, 20:30] = 255
+    X = np.concatenate([good, defects])
+    y = np.r_[np.ones(12, int), -np.ones(4, int)]
+    detector = FastFlowDetector(**TINY, validation_fraction=0.5, image_score="auto").fit(X, y)
+    return detector, good, defects, X, y
+
+
+def test_labelled_defects_are_scored_not_trained_on(labelled_fit):
+    detector, good, defects, X, y = labelled_fit
+    alone = FastFlowDetector(**TINY, validation_fraction=0.5, image_score="auto").fit(good)
+    assert detector.n_train_samples_ + detector.n_validation_samples_ == 12
+    assert detector.loss_curve_ == alone.loss_curve_
+    for name, weights in detector.model_.state_dict().items():
+        assert torch_equal(weights, alone.model_.state_dict()[name]), name
+    np.testing.assert_allclose(detector.defect_scores_, detector.score_samples(defects), rtol=1e-6)
+    rule = detector.image_score_
+    assert rule in IMAGE_SCORE_RULES
+    assert detector.offset_ == labelled_offset(detector.calibration_scores_, detector.defect_scores_)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_set_threshold_changes_rule_and_operating_point_without_retraining(labelled_fit):
+    detector, good, defects, X, y = labelled_fit
+    import copy
+
+    detector = copy.deepcopy(detector)
+    weights = {name: value.clone() for name, value in detector.model_.state_dict().items()}
+    # With input_size equal to the image size, predict_maps is the map the rule reads.
+    maps = detector.predict_maps(defects)
+    detector.set_threshold(image_score="max")
+    assert detector.image_score == "max" and detector.image_score_ == "max"
+    np.testing.assert_allclose(detector.score_samples(defects), -maps.reshape(4, -1).max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(detector.defect_scores_, -maps.reshape(4, -1).max(axis=1), rtol=1e-6)
+    assert detector.offset_ == labelled_offset(detector.calibration_scores_, detector.defect_scores_)
+    detector.set_threshold(target_recall=1.0)
+    assert detector.offset_ > detector.defect_scores_.max()
+    detector.set_threshold(contamination=0.25)
+    assert detector.offset_ == pytest.approx(np.percentile(detector.calibration_scores_, 25))
+    for name, value in detector.model_.state_dict().items():
+        assert torch_equal(value, weights[name])
+    with pytest.raises(ValueError, match="was not scored at fit time"):
+        detector.set_threshold(image_score=0.2)
+    assert detector.image_score == "max"  # a refused change leaves the detector as it was
+    with pytest.raises(ValueError, match="contamination"):
+        detector.set_threshold(contamination=0.9)
+    assert detector.contamination == 0.25
+
+
+def test_score_reads_y_as_fit_does(labelled_fit):
+    detector, good, defects, X, y = labelled_fit
+    assert detector.score(X, y) == pytest.approx(detector.score(good), rel=1e-6)
+    assert detector.score(X, y) != pytest.approx(detector.score(X), rel=1e-6)
+    with pytest.raises(ValueError, match="no image as good"):
+        detector.score(defects, -np.ones(4, int))
+
+
+# ---------------------------------------------------------------------------- operating points
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    good=st.lists(st.floats(0, 1), min_size=1, max_size=25),
+    defects=st.lists(st.floats(0, 1), min_size=1, max_size=25),
+    rate=st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.5, 1.0]),
+)
+def test_recall_at_false_alarm_rate_is_the_best_threshold_within_the_rate(good, defects, rate):
+    y = np.r_[np.ones(len(good)), -np.ones(len(defects))]
+    scores = np.r_[good, defects]
+    best = 0.0
+    for threshold in np.r_[scores, np.inf]:  # flag scores strictly below
+        if np.mean(np.asarray(good) < threshold) <= rate + 1e-12:
+            best = max(best, np.mean(np.asarray(defects) < threshold))
+    assert recall_at_false_alarm_rates(y, scores, [rate])[0] == pytest.approx(best)
