@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
     predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
     _add_threads_option(predict)
+    _add_scheduler_option(predict, "score")
     predict.set_defaults(run=_run_predict)
 
     evaluate = commands.add_parser(
@@ -601,6 +602,34 @@ def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> Non
 # ---------------------------------------------------------------------------- predict
 
 
+@contextlib.contextmanager
+def _file_scores(detector, paths: list[Path], args, return_maps: bool):
+    """The results of ``score_files`` here, or of ``score_files_on_cluster`` on ``args.scheduler``."""
+    if args.scheduler is None:
+        yield score_files(detector, paths, return_maps=return_maps)
+        return
+    from .parallel import connect, score_files_on_cluster
+
+    with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
+        print(f"Scoring on {_describe_cluster(client)}", file=sys.stderr)
+        yield score_files_on_cluster(detector, paths, client, return_maps=return_maps)
+
+
+def _progress(results, total: int):
+    """``results`` with a progress bar on stderr when it is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(results, total=total, unit="image", file=sys.stderr, disable=None, leave=False)
+
+
+def _write_line(line: str, stream) -> None:
+    """Print a line without breaking the progress bar (tqdm clears it, prints, redraws)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=stream)
+    stream.flush()
+
+
 def _run_predict(args) -> int:
     detector = load_model(args.model)
     paths = _image_paths(args.inputs)
@@ -613,19 +642,20 @@ def _run_predict(args) -> int:
         writer = csv.writer(csv_file) if csv_file else None
         if writer:
             writer.writerow(["path", "score", "decision", "verdict", "error"])
-        results = score_files(detector, paths, return_maps=out_dir is not None)
-        for position, (path, result) in enumerate(zip(paths, results)):
-            counts[result.verdict] += 1
-            if result.error is not None:
-                print(f"skfastflow: error: {result.error}", file=sys.stderr, flush=True)
+        with _file_scores(detector, paths, args, return_maps=out_dir is not None) as results:
+            for position, result in enumerate(_progress(results, len(paths))):
+                path = paths[position]
+                counts[result.verdict] += 1
+                if result.error is not None:
+                    _write_line(f"skfastflow: error: {result.error}", sys.stderr)
+                    if writer:
+                        writer.writerow([str(path), "", "", result.verdict, result.error])
+                    continue
+                _write_line(f"{path}  {result.decision:+.4f}  {result.verdict}", sys.stdout)
                 if writer:
-                    writer.writerow([str(path), "", "", result.verdict, result.error])
-                continue
-            print(f"{path}  {result.decision:+.4f}  {result.verdict}", flush=True)
-            if writer:
-                writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
-            if overlay_paths:
-                _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+                    writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
+                if overlay_paths:
+                    _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
     unreadable = f"{counts['error']} could not be scored (named above), " if counts["error"] else ""
     print(
         f"{len(paths)} images: {unreadable}{counts['defective']} defective, {counts['good']} good "

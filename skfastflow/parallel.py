@@ -9,7 +9,9 @@ torch workers needs around that, and the two jobs joblib does not cover:
   processes (``"local:N"``), with :class:`TorchThreads` registered on every worker;
 - :class:`TorchThreads`: one torch thread per task a worker runs, so that a worker uses
   as many cores as it has threads;
-- :func:`fit_each`: one detector per training set (product type), fitted in parallel.
+- :func:`fit_each`: one detector per training set (product type), fitted in parallel;
+- :func:`score_files_on_cluster`: score a large list of image files on the workers, the
+  results streamed back in input order.
 
 Needs the ``dask`` extra: ``pip install "skfastflow[dask]"``. ``docs/scaling.md`` says how
 to point this at a real cluster.
@@ -18,10 +20,13 @@ to point this at a real cluster.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from numbers import Integral
 from typing import Any, NamedTuple
 
 try:
@@ -275,3 +280,162 @@ def fit_each(detector, training_sets: Mapping[str, Any], client: Client) -> Iter
 def _fit(detector, X):
     """The task of :func:`fit_each`: a worker fits its own copy."""
     return detector.fit(X)
+
+
+# ---------------------------------------------------------------------------- batch scoring
+
+
+def score_files_on_cluster(
+    detector,
+    paths: Iterable,
+    client: Client,
+    *,
+    batches_per_task: int = 1,
+    max_in_flight: int | None = None,
+    return_maps: bool = False,
+) -> Iterator:
+    """Score image files on the cluster's workers: one result per file, in input order.
+
+    The cluster's form of :func:`skfastflow.batch_scoring.score_files`, with the same
+    results: the paths are cut into chunks of ``batches_per_task`` batches of the
+    detector's ``batch_size``, each chunk is one task that runs ``score_files`` on a worker
+    (which reads the files itself), and the results come back chunk by chunk, in the order
+    of ``paths``, as soon as the chunks before them are done. The batches are those
+    ``score_files`` forms on one machine, so that even the maps' last bits agree. A file that
+    cannot be read or scored gets a result with its ``error``, as on one machine; the others
+    are scored.
+
+    The detector is sent to each worker once (``client.scatter(..., broadcast=True)``),
+    not with every task. At most ``max_in_flight`` chunks are submitted and not yet read,
+    so a worker holds a bounded number of chunks (while scoring, one batch of images at a
+    time), and ``paths`` may be any iterable, read as the chunks are submitted.
+
+    Parameters
+    ----------
+    detector : FastFlowDetector or str or path-like
+        A fitted detector, or a model file (read here with
+        :func:`skfastflow.persistence.load`; the workers need not see it).
+    paths : iterable of str or path-like
+        Image files, at paths the workers can read (a shared file system).
+    client : distributed.Client
+        For example from :func:`connect`.
+    batches_per_task : int, default=1
+        Batches of ``detector.batch_size`` files per task; more make fewer, longer tasks.
+    max_in_flight : int, optional
+        Chunks submitted and not yet read; default twice the cluster's worker threads at
+        the start, so that each thread has its next chunk waiting.
+    return_maps : bool, default=False
+        Also return each image's anomaly map (``predict_maps``, the image's displayed size).
+        Maps travel back to this process: they cost far more than scores.
+
+    Yields
+    ------
+    result : skfastflow.batch_scoring.FileScore
+        One per path, in the order of ``paths``; exactly what ``score_files`` gives on one
+        machine with the same torch thread count (the workers use one thread per task).
+
+    Warns
+    -----
+    ImageWarning
+        Warnings the workers raise about images (read or scored) are raised again here,
+        naming the file, before their chunk's results.
+
+    Raises
+    ------
+    ValueError
+        If ``batches_per_task`` or ``max_in_flight`` is not a positive integer, or the
+        model file cannot be loaded.
+
+    Examples
+    --------
+    A folder of images scored on two local worker processes, written to a CSV file::
+
+        import csv
+        from skfastflow.files import list_images
+        from skfastflow.parallel import connect, score_files_on_cluster
+
+        with connect("local:2") as client, open("verdicts.csv", "w", newline="") as out:
+            writer = csv.writer(out)
+            for result in score_files_on_cluster("model.joblib", list_images("parts/"), client):
+                writer.writerow([result.path, result.decision, result.verdict, result.error or ""])
+    """
+    if isinstance(detector, (str, os.PathLike)):
+        from .persistence import load
+
+        detector = load(detector)
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(f"paths is a single path; pass a list of paths, e.g. [{os.fspath(paths)!r}].")
+    chunk_size = _positive("batches_per_task", batches_per_task) * detector.batch_size
+    if max_in_flight is None:
+        max_in_flight = 2 * max(1, sum(client.nthreads().values()))
+    max_in_flight = _positive("max_in_flight", max_in_flight)
+    shared = client.scatter(detector, broadcast=True, hash=False)
+    try:
+
+        def submit(chunk):
+            return client.submit(_score_chunk, shared, chunk, return_maps, pure=False)
+
+        for results, caught in _in_order(submit, _chunks(paths, chunk_size), max_in_flight):
+            # Before the results, as score_files warns about a batch before yielding it.
+            for warning in caught:
+                warnings.warn(warning, stacklevel=2)
+            yield from results
+    finally:
+        client.cancel([shared])
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _chunks(paths: Iterable, size: int) -> Iterator[list[str]]:
+    """Consecutive lists of ``size`` paths (the last one shorter), read lazily."""
+    iterator = iter(paths)
+    while chunk := [os.fspath(path) for path in itertools.islice(iterator, size)]:
+        yield chunk
+
+
+def _in_order(submit: Callable[[Any], Any], items: Iterable, max_in_flight: int) -> Iterator:
+    """``submit(item).result()`` for each item, in order, with at most ``max_in_flight`` futures unread.
+
+    Parameters
+    ----------
+    submit : callable
+        Starts the work of one item; returns a future (``result()`` waits for its value).
+    items : iterable
+        Read one at a time, as futures are submitted.
+    max_in_flight : int
+        Futures submitted whose result has not been read yet: the next item is submitted
+        only once the oldest future has been read.
+
+    Yields
+    ------
+    value
+        Each future's result, in the order of ``items``. When the caller stops early (or a
+        future fails), the futures still pending are cancelled.
+    """
+    pending = deque()
+    try:
+        for item in items:
+            pending.append(submit(item))
+            if len(pending) == max_in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _score_chunk(detector, paths: list[str], return_maps: bool):
+    """The task of :func:`score_files_on_cluster`: results of one chunk, and the warnings they raised."""
+    from .batch_scoring import score_files
+
+    # catch_warnings changes process-wide state: exact with one thread per worker (connect's
+    # local clusters); with several, a chunk may carry a warning of a neighbouring chunk.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = list(score_files(detector, paths, return_maps=return_maps))
+    return results, [record.message for record in caught]

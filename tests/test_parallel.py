@@ -24,9 +24,18 @@ pytest.importorskip("distributed")
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score  # noqa: E402
 
 from skfastflow import FastFlowDetector  # noqa: E402
-from skfastflow.cli import load_model, main  # noqa: E402
+from skfastflow.cli import load_model, main, save_model  # noqa: E402
 from skfastflow.datasets import make_defect_images  # noqa: E402
-from skfastflow.parallel import TorchThreads, connect, fit_each, parse_scheduler  # noqa: E402
+from skfastflow.batch_scoring import score_files  # noqa: E402
+from skfastflow.files import ImageWarning  # noqa: E402
+from skfastflow.parallel import (  # noqa: E402
+    TorchThreads,
+    _in_order,
+    connect,
+    fit_each,
+    parse_scheduler,
+    score_files_on_cluster,
+)
 
 SIZE = 32
 # float32 arithmetic everywhere, so that the figures compared below do not depend on
@@ -233,6 +242,119 @@ def test_fit_each_fits_one_detector_per_set_and_reports_a_bad_set(client, tmp_pa
     assert results["bottle"].detector.offset_ != results["cable"].detector.offset_
 
 
+# ---------------------------------------------------------------------------- batch scoring
+
+
+class RecordedFuture:
+    """A finished future that counts, in ``in_flight``, the futures submitted and not yet read."""
+
+    def __init__(self, value, in_flight):
+        self.value, self.in_flight, self.cancelled = value, in_flight, False
+        in_flight.append(self)
+
+    def result(self):
+        self.in_flight.remove(self)
+        return self.value
+
+    def cancel(self):
+        self.cancelled = True
+
+
+@given(st.lists(st.integers(), max_size=40), st.integers(1, 8), st.data())
+def test_in_order_reads_results_in_order_with_a_bounded_number_in_flight(items, max_in_flight, data):
+    in_flight, most, submitted = [], [0], []
+
+    def submit(item):
+        submitted.append(RecordedFuture(item, in_flight))
+        most[0] = max(most[0], len(in_flight))
+        return submitted[-1]
+
+    stop = data.draw(st.integers(0, len(items)), label="results read before stopping")
+    results = _in_order(submit, iter(items), max_in_flight)
+    assert [next(results) for _ in range(stop)] == items[:stop]
+    results.close()
+    assert most[0] <= max_in_flight
+    # Stopping early cancels what was submitted and not read; nothing read was cancelled.
+    assert [future.cancelled for future in submitted] == [position >= stop for position in range(len(submitted))]
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """A detector fitted on grey images, and files to score: grey ones, a colour one, a corrupt one."""
+    folder = tmp_path_factory.mktemp("images")
+    grey = make_defect_images(17, image_size=SIZE, defect_fraction=0.5, random_state=3).images.mean(axis=-1).astype(np.uint8)
+    paths = write_images(folder / "grey", grey[8:])
+    colour = write_images(folder / "colour", make_defect_images(1, image_size=SIZE, random_state=4).images)[0]
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    # Not in sorted order, so that the order kept is the order given.
+    paths = paths[5:] + [str(folder / "corrupt.png")] + paths[:5] + [colour]
+    detector = FastFlowDetector(**TINY).fit(grey[:8])
+    return detector, paths
+
+
+def install_unpickle_counter(client):
+    """Count, in each worker, the FastFlowDetectors unpickled there."""
+
+    def install():
+        from skfastflow.detector import FastFlowDetector
+
+        original = FastFlowDetector.__setstate__
+
+        def counting(self, state):
+            FastFlowDetector.unpickled = getattr(FastFlowDetector, "unpickled", 0) + 1
+            original(self, state)
+
+        counting.original = original
+        FastFlowDetector.__setstate__ = counting
+
+    def read_and_remove():
+        from skfastflow.detector import FastFlowDetector
+
+        FastFlowDetector.__setstate__ = FastFlowDetector.__setstate__.original
+        return vars(FastFlowDetector).get("unpickled", 0)
+
+    client.run(install)
+    return read_and_remove
+
+
+def test_scoring_on_the_cluster_gives_score_files_results_in_order(client, image_files):
+    detector, paths = image_files
+    with pytest.warns(ImageWarning, match="colour") as here:
+        expected = one_torch_thread(lambda: list(score_files(detector, paths, return_maps=True)))
+    counter = install_unpickle_counter(client)
+    try:
+        with pytest.warns(ImageWarning, match="colour") as there:
+            results = list(score_files_on_cluster(detector, paths, client, return_maps=True))
+    finally:
+        unpickled = client.run(counter)
+
+    assert [result.path for result in results] == paths
+    assert [(result.verdict, result.error) for result in results] == [(result.verdict, result.error) for result in expected]
+    corrupt = paths.index(next(path for path in paths if path.endswith("corrupt.png")))
+    assert results[corrupt].verdict == "error" and "corrupt.png" in results[corrupt].error
+    assert [result.verdict for result in results].count("error") == 1
+    np.testing.assert_array_equal([result.score for result in results], [result.score for result in expected])
+    for result, reference in zip(results, expected):
+        np.testing.assert_array_equal(result.anomaly_map, reference.anomaly_map)
+    # The workers' warning about the colour image comes back here, naming the file.
+    assert [str(warning.message) for warning in there] == [str(warning.message) for warning in here]
+    assert paths[-1] in str(there[0].message)
+    # Four chunks (batches of 4), one detector per worker: sent once to each, not with each chunk.
+    assert unpickled == dict.fromkeys(unpickled, 1)
+
+
+def test_scoring_on_the_cluster_reads_the_model_file_here_and_checks_its_arguments(client, image_files, tmp_path):
+    detector, paths = image_files
+    save_model(detector, tmp_path / "model.joblib")
+    results = list(score_files_on_cluster(str(tmp_path / "model.joblib"), paths[:3], client, max_in_flight=1))
+    np.testing.assert_array_equal([result.score for result in results], detector.score_samples(paths[:3]))
+    for wrong in [{"batches_per_task": 0}, {"max_in_flight": 0}, {"batches_per_task": 2.5}]:
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            next(score_files_on_cluster(detector, paths, client, **wrong))
+    with pytest.raises(TypeError, match="single path"):
+        next(score_files_on_cluster(detector, paths[0], client))
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -263,3 +385,17 @@ def test_fit_refuses_two_folders_of_the_same_name_before_training(tmp_path, caps
     status = main(["fit", str(tmp_path / "a" / "bottle"), str(tmp_path / "b" / "bottle"), "--no-pretrained"])
     assert status == 2
     assert "both named 'bottle'" in capsys.readouterr().err
+
+
+def test_predict_on_the_cluster_writes_the_csv_of_predict_here(client, image_files, tmp_path, capsys):
+    detector, paths = image_files
+    model = save_model(detector, tmp_path / "model.joblib")
+    here = main(["predict", str(model), *paths, "--csv", str(tmp_path / "here.csv")])
+    there = main(["predict", str(model), *paths, "--csv", str(tmp_path / "there.csv"), "--scheduler", client.scheduler.address])
+    err = capsys.readouterr().err
+    # The corrupt file is named and skipped, on the cluster as here; the status says so.
+    assert here == there == 2
+    assert err.count("skfastflow: error: ") == 2 and "corrupt.png" in err
+    assert "Scoring on 2 dask workers (2 threads)" in err
+    assert (tmp_path / "there.csv").read_text() == (tmp_path / "here.csv").read_text()
+    assert len((tmp_path / "there.csv").read_text().splitlines()) == len(paths) + 1
