@@ -185,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         "max (the hottest pixel, as in the paper), or auto (chosen with labelled defects, else the top 1 %%) "
         "(default: %(default)s)",
     )
+    fit.add_argument(
+        "--defects",
+        metavar="IMAGES_OR_DIR",
+        nargs="+",
+        default=None,
+        help="a few images of defective parts (files and/or folders): never trained on, they only choose the "
+        "image score (with --image-score auto) and place the threshold (with --contamination auto)",
+    )
+    fit.add_argument(
+        "--target-recall",
+        type=_fraction,
+        default=None,
+        help="with --defects: place the threshold to flag at least this share of them (default: best F1)",
+    )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
     _add_scheduler_option(fit, "train")
@@ -211,7 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score the test/ images of an MVTec AD category folder against their ground_truth/ masks.",
     )
     evaluate.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
-    evaluate.add_argument("mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ and ground_truth/")
+    evaluate.add_argument(
+        "mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ (and ground_truth/ masks for pixel metrics)"
+    )
+    evaluate.add_argument(
+        "--plots",
+        metavar="OUT_DIR",
+        default="skfastflow_evaluation",
+        help="folder for the ROC curve (roc.png) and the score histogram (scores.png) (default: %(default)s)",
+    )
     evaluate.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per test image to this folder")
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
     _add_threads_option(evaluate)
@@ -472,6 +494,11 @@ def _run_fit(args) -> None:
     from .detector import FastFlowDetector, resolve_device
 
     resolve_device(args.device)  # fail before reading any image when CUDA is asked for but absent
+    if args.defects and (len(args.data_dirs) > 1 or args.scheduler is not None):
+        raise ValueError(
+            "--defects are the labelled defective images of one product type: pass a single DATA_DIR without "
+            "--scheduler, and fit each product type with its own --defects."
+        )
     backbone, weights, source = _choose_backbone(args.backbone, args.weights, args.pre_trained)
     detector = FastFlowDetector(
         backbone,
@@ -484,14 +511,18 @@ def _run_fit(args) -> None:
         validation_fraction=args.validation_fraction,
         contamination=args.contamination,
         image_score=args.image_score,
+        target_recall=args.target_recall,
         random_state=args.seed,
         verbose=1,
     )
     if len(args.data_dirs) == 1 and args.scheduler is None:
         folder, paths = training_images(args.data_dirs[0])
+        defects = _image_paths(args.defects) if args.defects else []
         print(f"Training on {len(paths)} good images from {folder}")
+        if defects:
+            print(f"{len(defects)} labelled defective images choose the image score and the threshold (never trained on)")
         print(f"Features: {source}")
-        path = _fit_and_save(detector, paths, args.out or SINGLE_MODEL_FILE)
+        path = _fit_and_save(detector, paths, args.out or SINGLE_MODEL_FILE, defects)
         print(f"Model saved to {path}")
         print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
         return
@@ -499,14 +530,16 @@ def _run_fit(args) -> None:
     _fit_folders(detector, args)
 
 
-def _model_paths(data_dirs: list[str], out: str | os.PathLike) -> dict[str, Path]:
-    """One model file per DATA_DIR, by name: ``out/<the folder's name>.joblib``.
+def _model_paths(data_dirs: list[str], out: str | os.PathLike | None) -> dict[str, Path]:
+    """One model file per DATA_DIR, by the folder's name: ``out`` for one, ``out/<name>.joblib`` for several.
 
     Raises
     ------
     ValueError
         If two DATA_DIRs have the same name (their models would overwrite each other).
     """
+    if len(data_dirs) == 1:
+        return {Path(data_dirs[0]).absolute().name: Path(out or SINGLE_MODEL_FILE)}
     named = {}
     for data_dir in data_dirs:
         name = Path(data_dir).absolute().name
@@ -516,7 +549,7 @@ def _model_paths(data_dirs: list[str], out: str | os.PathLike) -> dict[str, Path
                 f"{name}.joblib; fit them in separate runs with different --out folders."
             )
         named[name] = data_dir
-    return {name: Path(out) / f"{name}.joblib" for name in named}
+    return {name: Path(out or MODELS_FOLDER) / f"{name}.joblib" for name in named}
 
 
 def _fit_folders(detector, args) -> None:
@@ -525,8 +558,7 @@ def _fit_folders(detector, args) -> None:
     A folder that fails (no images, an unreadable image, ...) is named on stderr; the others
     are fitted and saved, and the command then ends with an error.
     """
-    out = Path(args.out or MODELS_FOLDER)
-    targets = _model_paths(args.data_dirs, out)
+    targets = _model_paths(args.data_dirs, args.out)
     training_sets, failed = {}, []
     for name, data_dir in zip(targets, args.data_dirs):
         try:
@@ -559,7 +591,8 @@ def _fit_folders(detector, args) -> None:
                 print(f"{result.name}: model saved to {save_model(result.detector, targets[result.name])}")
     if failed:
         raise ValueError(f"{len(failed)} of {len(targets)} models could not be trained ({', '.join(failed)}: see above).")
-    print(f"{len(targets)} models in {out.absolute()}")
+    if len(targets) > 1:
+        print(f"{len(targets)} models in {Path(args.out or MODELS_FOLDER).absolute()}")
 
 
 def _describe_cluster(client) -> str:
@@ -567,10 +600,11 @@ def _describe_cluster(client) -> str:
     return f"{len(workers)} dask workers ({sum(worker['nthreads'] for worker in workers)} threads) at {client.scheduler.address}"
 
 
-def _fit_and_save(detector, paths: list[Path], out, prefix: str = "") -> Path:
-    """Fit on image files, save, and print what a user wants to know about the training run."""
+def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = (), prefix: str = "") -> Path:
+    """Fit on image files (and labelled ``defects``), save, and print what a user wants to know about the run."""
     started = time.perf_counter()
-    detector.fit([str(path) for path in paths])
+    y = np.r_[np.ones(len(paths), dtype=int), -np.ones(len(defects), dtype=int)]
+    detector.fit([str(path) for path in [*paths, *defects]], y)
     _report_fit(detector, seconds=time.perf_counter() - started, prefix=prefix)
     return save_model(detector, out)
 
@@ -582,7 +616,8 @@ def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> Non
     print(
         f"{prefix}{took}{detector.n_iter_} epochs ({stopped}), "
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
-        f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f}."
+        f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f} "
+        f"(image score: {'max' if detector.image_score_ == 'max' else f'mean of the top {detector.image_score_:.1%}'})."
     )
     if detector.offset_ <= 0.0:
         print(
@@ -672,8 +707,12 @@ def _run_predict(args) -> int:
 # ---------------------------------------------------------------------------- evaluate
 
 
+# The false-alarm rates of evaluate's operating-point table.
+REPORTED_FALSE_ALARM_RATES = (0.0, 0.01, 0.05, 0.1)
+
+
 def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
-    """Score an MVTec AD category's test images against their masks.
+    """Score an MVTec AD category's test images against their labels, and their masks if any.
 
     A test image or mask that cannot be read costs only that image: it is listed in
     ``errors`` and left out of every figure.
@@ -683,7 +722,7 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     detector : FastFlowDetector
         A fitted detector.
     mvtec_dir : str or path-like
-        Category folder holding ``test/`` and ``ground_truth/``.
+        Category folder holding ``test/`` and, for pixel metrics, ``ground_truth/``.
     maps_dir : str or path-like, default=None
         When given, a heatmap overlay PNG of each test image is written there.
 
@@ -691,10 +730,13 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     -------
     report : dict
         ``n_good``, ``n_defective`` (images scored), ``image_roc_auc`` (None without both
-        classes), ``pixel_roc_auc``, ``aupro``, ``confusion`` (2x2 counts, rows true
-        good/defective, columns predicted good/defective), ``detected_by_type``
-        ({type: (flagged, total)}) and ``errors`` (list of (path, message) for the images
-        left out).
+        classes), ``pixel_roc_auc`` and ``aupro`` (None without ``ground_truth/``),
+        ``confusion`` (2x2 counts, rows true good/defective, columns predicted
+        good/defective), ``recall_at_false_alarm_rates`` ({rate: recall} for the rates of
+        ``REPORTED_FALSE_ALARM_RATES``, None without both classes: the best a threshold
+        chosen on these very images could do, a yardstick), ``detected_by_type``
+        ({type: (flagged, total)}), ``y_test`` and ``scores`` (of the images scored) and
+        ``errors`` (list of (path, message) for the images left out).
 
     Raises
     ------
@@ -704,7 +746,7 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     from sklearn.metrics import confusion_matrix, roc_auc_score
 
     from .datasets import load_mvtec
-    from .metrics import aupro_score, pixel_roc_auc_score
+    from .metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
 
     data = load_mvtec(mvtec_dir, lazy=True)
     paths = [Path(path) for path in data.X_test]
@@ -715,7 +757,7 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
         try:
             if result.error is not None:
                 raise ValueError(result.error)
-            mask = np.zeros(result.anomaly_map.shape, dtype=bool) if mask_path is None else read_mask(mask_path)
+            mask = None if mask_path is None else read_mask(mask_path)
         except ValueError as error:
             errors.append((str(paths[position]), str(error)))
             continue
@@ -733,13 +775,21 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
     flagged = scores - detector.offset_ < 0
     both_classes = defective.any() and (~defective).any()
     types = np.unique(defect_types[defective])
+    # Pixel metrics need a mask for every defect image (no ground_truth/: image labels only).
+    has_masks = all(mask is not None for mask, is_defect in zip(masks, defective) if is_defect)
+    if has_masks:
+        masks = [np.zeros(anomaly_map.shape, dtype=bool) if mask is None else mask for mask, anomaly_map in zip(masks, maps)]
+    recalls = recall_at_false_alarm_rates(y_test, scores, REPORTED_FALSE_ALARM_RATES) if both_classes else None
     return {
         "n_good": int((~defective).sum()),
         "n_defective": int(defective.sum()),
         "image_roc_auc": float(roc_auc_score(defective, -scores)) if both_classes else None,
-        "pixel_roc_auc": float(pixel_roc_auc_score(masks, maps)),
-        "aupro": float(aupro_score(masks, maps)),
+        "pixel_roc_auc": float(pixel_roc_auc_score(masks, maps)) if has_masks else None,
+        "aupro": float(aupro_score(masks, maps)) if has_masks else None,
         "confusion": confusion_matrix(defective, flagged, labels=[False, True]),
+        "recall_at_false_alarm_rates": None if recalls is None else dict(zip(REPORTED_FALSE_ALARM_RATES, recalls.tolist())),
+        "y_test": y_test,
+        "scores": scores,
         "detected_by_type": {
             str(name): (int(flagged[defect_types == name].sum()), int((defect_types == name).sum())) for name in types
         },
@@ -754,12 +804,24 @@ def _print_report(report: dict, offset: float) -> None:
     width = max(len(name) for name in ["defective", *report["detected_by_type"]])
     print(f"Test images: {report['n_good']} good, {report['n_defective']} defective")
     print(f"  image AUROC   {image_auc_text}")
-    print(f"  pixel AUROC   {report['pixel_roc_auc']:.3f}")
-    print(f"  AUPRO (FPR <= 0.3)  {report['aupro']:.3f}")
+    if report["pixel_roc_auc"] is None:
+        print("  pixel AUROC, AUPRO: skipped (no ground_truth/ masks: image-level labels only)")
+    else:
+        print(f"  pixel AUROC   {report['pixel_roc_auc']:.3f}")
+        print(f"  AUPRO (FPR <= 0.3)  {report['aupro']:.3f}")
     print(f"At the model's threshold (offset_={offset:.4f}):")
     print(f"  {'':<{width}}  predicted good  predicted defective")
     print(f"  {'good':<{width}}  {good_as_good:>14}  {good_as_defective:>19}")
     print(f"  {'defective':<{width}}  {defective_as_good:>14}  {defective_as_defective:>19}")
+    if report["recall_at_false_alarm_rates"] is not None:
+        print("Operating points (recall = defective images flagged; rows other than the model's are chosen on")
+        print("these test images, so they are a yardstick for the threshold, not a threshold to use):")
+        print("  false alarms  recall")
+        for rate, recall in report["recall_at_false_alarm_rates"].items():
+            print(f"  at most {rate:>4.0%}  {recall:6.3f}")
+        false_alarm_rate = good_as_defective / max(1, good_as_good + good_as_defective)
+        recall = defective_as_defective / max(1, defective_as_good + defective_as_defective)
+        print(f"  model: {false_alarm_rate:>5.1%}  {recall:6.3f}")
     if report["detected_by_type"]:
         print("Defective images flagged, by defect type:")
         for name, (flagged, total) in report["detected_by_type"].items():
@@ -776,6 +838,15 @@ def _run_evaluate(args) -> int:
     _print_report(report, detector.offset_)
     if args.maps:
         print(f"Heatmap overlays in {Path(args.maps).absolute()}")
+    if report["recall_at_false_alarm_rates"] is not None:
+        from .visualization import plot_roc_curve, plot_score_histogram
+
+        plots = Path(args.plots)
+        plots.mkdir(parents=True, exist_ok=True)
+        title = Path(args.mvtec_dir).absolute().name
+        plot_roc_curve(report["y_test"], report["scores"], plots / "roc.png", offset=detector.offset_, title=title)
+        plot_score_histogram(report["y_test"], report["scores"], plots / "scores.png", offset=detector.offset_, title=title)
+        print(f"ROC curve and score histogram in {plots.absolute()}")
     if report["errors"]:
         print(f"skfastflow: {len(report['errors'])} test images could not be scored (named above); the figures "
               "leave them out.", file=sys.stderr)

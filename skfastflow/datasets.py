@@ -52,9 +52,13 @@ def _find_masks(root, test_paths, defect_types):
     The mask of ``test/<type>/<sub-folders>/<stem>.<ext>`` is
     ``ground_truth/<type>/<sub-folders>/<stem>_mask.<any image suffix>``.
 
-    Raises ValueError listing defect images that have no mask, or whose mask
-    name is ambiguous (the same stem saved in two formats).
+    Without a ``ground_truth/`` folder the set has image-level labels only (the usual
+    case in a factory): every mask is None. With one, raises ValueError listing defect
+    images that have no mask, or whose mask name is ambiguous (the same stem saved in
+    two formats).
     """
+    if not (root / "ground_truth").is_dir():
+        return [None] * len(test_paths)
     masks_by_key = {}  # defect type -> {(sub-folders, image stem): [mask paths]}
     mask_paths, missing, ambiguous = [], [], []
     for path, defect_type in zip(test_paths, defect_types):
@@ -123,7 +127,11 @@ def load_mvtec(root, *, lazy=False):
         root/train/good/*                          good training images
         root/test/good/*                           good test images (optional)
         root/test/<defect type>/*                  defective test images
-        root/ground_truth/<defect type>/<stem>_mask.png   their masks
+        root/ground_truth/<defect type>/<stem>_mask.png   their masks (optional)
+
+    Without ``ground_truth/`` the test set has image-level labels only: ``y_test``
+    and ``defect_type_test`` as usual, ``masks_test`` None for every defect image
+    (image metrics can be computed, pixel metrics cannot).
 
     Folders are listed with :func:`skfastflow.files.list_images`: every file
     of a format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, PGM, ...; suffixes
@@ -170,8 +178,10 @@ def load_mvtec(root, *, lazy=False):
             1 for good, -1 for defective images.
         masks_test : list of ndarray, or list of (str or None) if ``lazy``
             Bool (H, W) defect mask of each test image (mask pixels above
-            half the file's range are defects); all False for good images.
-            If ``lazy``, the mask file path, or None for good images.
+            half the file's range are defects); all False for good images;
+            None for defect images when the set has no ``ground_truth/``.
+            If ``lazy``, the mask file path, or None for good images (and
+            for every image without ``ground_truth/``).
         defect_type_test : ndarray of str, shape (n_test,)
             Name of the ``test/`` sub-folder of each image (``'good'`` for
             good images).
@@ -248,9 +258,9 @@ def load_mvtec(root, *, lazy=False):
             X_train = [read_image(path) for path in train_paths]
             X_test = [read_image(path) for path in test_paths]
             masks_test = []
-            for image, image_path, mask_path in zip(X_test, test_paths, mask_paths):
+            for image, image_path, mask_path, defect_type in zip(X_test, test_paths, mask_paths, defect_types):
                 if mask_path is None:
-                    masks_test.append(np.zeros(image.shape[:2], dtype=bool))
+                    masks_test.append(np.zeros(image.shape[:2], dtype=bool) if defect_type == _GOOD else None)
                     continue
                 mask = read_mask(mask_path)
                 _check_mask_size(mask_path, mask.shape, image_path, image.shape)

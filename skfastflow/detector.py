@@ -216,8 +216,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         None without them.
     colour_mode_ : {"grey", "colour", "mixed"}
         Whether the good training images were all grey (one channel, or three equal
-        channels), all colour, or both. A detector fitted on grey images refuses colour
-        images with a ``ValueError``; one fitted on colour images warns about grey images.
+        channels), all colour, or both. A detector fitted on grey images scores colour
+        images and warns about each (colour on a grey part is a defect to flag); one
+        fitted on colour images warns about grey images. The warnings are
+        :class:`~skfastflow.files.ImageWarning` s naming the image's position in ``X``.
 
     See Also
     --------
@@ -342,7 +344,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, H, W[, C]) or list
             Images: a uint8 (0..255) or float (0..1) array, or a list of arrays, PIL
-            images or file paths of any sizes. Grey images are repeated to RGB.
+            images or file paths of any sizes. Grey images are repeated to RGB. Files
+            and PIL images are read as an image viewer shows them
+            (:func:`skfastflow.files.read_image`: EXIF orientation, colour profile...).
         y : array-like of shape (n_samples,) or pixel masks, default=None
             Optional labels, 1 for good (inlier) and -1 for defective (outlier) images.
             The flows train on inliers only. Outliers are scored with the trained model
@@ -587,13 +591,15 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.defect_scores_ = None if defects is None else defects[rule]
         self.offset_ = float(offset)
 
-    def set_threshold(self, *, image_score=None, contamination=None, target_recall="unchanged"):
+    def set_threshold(self, *, image_score=None, contamination=None, target_recall="unchanged", defects=None):
         """Change the image-score rule or the operating point of a fitted detector, without retraining.
 
         Sets the given parameters (as :meth:`set_params` would) and recomputes
         ``image_score_``, ``calibration_scores_``, ``defect_scores_`` and ``offset_`` from
         the scores ``fit`` kept of its held-out good images and labelled defects, exactly
-        as ``fit`` would have set them with these parameters. The flows are untouched.
+        as ``fit`` would have set them with these parameters. The flows are untouched:
+        labelled defects never influence them, so ``fit(X, y)`` and ``fit(X_good)`` followed
+        by ``set_threshold(defects=X_defective)`` give the same detector.
 
         Parameters
         ----------
@@ -604,6 +610,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             None keeps the current one. A float is the share of good images to flag.
         target_recall : float in (0, 1] or None, default="unchanged"
             With labelled defects at fit; see the class parameters.
+        defects : array-like or list, default=None
+            Images of defective parts (as ``X`` of :meth:`fit`) that replace the labelled
+            defects given to ``fit``; they are scored, never trained on.
 
         Returns
         -------
@@ -623,6 +632,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             detector.offset_ = thresholds.conformal_offset(detector.calibration_scores_, 0.05)
         """
         check_is_fitted(self)
+        if defects is not None:
+            images = ImageCollection(defects, name="defects", fitted_colour_mode=self.colour_mode_)
+            scores = self._rule_scores(self.model_, images, self.device_, np.arange(len(images)), tuple(self._calibration_by_rule))
+            if not all(np.isfinite(values).all() for values in scores.values()):
+                raise FloatingPointError("The model gives non-finite scores to the defective images; check them for corrupt content.")
+            self._defect_scores_by_rule = scores
         changes = {"image_score": image_score, "contamination": contamination}
         changes = {name: value for name, value in changes.items() if value is not None}
         if target_recall != "unchanged":
@@ -669,9 +684,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             parts = [_scores_by_rule(self._flow_maps(model, batch, device), rules) for batch in batches_in_order(features, self.batch_size)]
         return _concatenate_by_rule(parts)
 
-    def _rule_scores(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray) -> dict:
+    def _rule_scores(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray, rules=None) -> dict:
         """``{rule: scores}`` of the images at ``indices`` through the scoring path, for every candidate rule."""
-        rules = self._candidate_rules()
+        rules = self._candidate_rules() if rules is None else rules
         return _concatenate_by_rule([_scores_by_rule(maps, rules) for _, maps in self._image_maps(model, images, device, indices)])
 
     def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
@@ -774,6 +789,9 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             for start in range(0, len(paths), detector.batch_size):
                 maps, scores = detector.predict_maps(paths[start : start + detector.batch_size], return_scores=True)
                 flagged = scores - detector.offset_ < 0
+
+        An unreadable file fails its whole call; for one result per file, errors
+        included, use :func:`skfastflow.batch_scoring.score_files`.
         """
         maps, scores = [], []
         for batch, batch_maps in self._anomaly_maps(X):

@@ -16,9 +16,9 @@ picture (``docs/errors.md`` has the same list as a table):
   pixels are rotated and/or mirrored upright, so the array has the displayed height and
   width. A value outside 1..8 is ignored, with a warning.
 - **Embedded ICC colour profile** (Adobe RGB, Display P3, ProPhoto, grey "Dot Gain",
-  CMYK press profiles...): converted to sRGB, as a colour-managed viewer does. Profiles
-  named sRGB are taken as sRGB without conversion. A profile that cannot be used is
-  ignored, with a warning.
+  CMYK press profiles...): 8-bit pixels are converted to sRGB, as a colour-managed viewer
+  does. Profiles named sRGB are taken as sRGB without conversion. A profile that cannot be
+  used, or one on 16-bit, 32-bit or floating-point pixels, is ignored, with a warning.
 - **CMYK** (JPEG, TIFF) without a profile: Pillow's conversion
   ``R = (255 - C) (255 - K) / 255``; JPEGs with Adobe's inverted CMYK are read
   un-inverted, as Pillow and web browsers do. **YCbCr** and **CIE L*a*b*** files become
@@ -395,6 +395,8 @@ def read_image_size(path) -> tuple[int, int]:
     path = os.fspath(path)
     with _opened(path) as image:
         width, height = image.size
+        if image.format == "TIFF":  # Pillow turns TIFFs upright itself and gives their displayed size
+            return height, width
         orientation = _orientation(image, path, repr(path), quiet=True)  # read_image warns, not this
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
@@ -404,7 +406,9 @@ def _opened(path: str):
     """``Image.open(path)``, with every way a file can fail turned into a ValueError naming it."""
     check_image_path(path)
     try:
-        with Image.open(path) as image:
+        # Through a file object, not the path: Pillow 13 then does not memory-map the file,
+        # whose mapping ignores a TIFF's orientation 5 to 8 and scrambles its pixels.
+        with open(path, "rb") as file, Image.open(file) as image:
             yield image
     except Image.DecompressionBombError as error:
         raise ValueError(
@@ -505,6 +509,10 @@ def image_to_array(image, *, source: str | None = None, frames: int = 1) -> np.n
     orientation = _orientation(image, source, name)
     _warn_about_gamma(image, source, name)
     mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        if image.info.get("icc_profile"):
+            _warn(source, f"image file {name} embeds a colour profile, which is not applied to its {mode} pixels (lcms "
+                  "converts 8-bit ones only); they are read as stored.")
     if mode.startswith("I;16"):
         pixels = np.asarray(image).astype(np.uint16)
     elif mode == "I":
@@ -669,26 +677,37 @@ def _palette_is_grey(image) -> bool:
 
 
 def _to_srgb(image, icc: bytes, source, name):
-    """``image`` (L, RGB or CMYK) converted from its embedded profile to sRGB, or None when unusable.
-
-    Grey stays grey: a grey image goes through RGB and comes back as one channel.
-    """
+    """``image`` (L, RGB or CMYK) converted from its embedded profile to sRGB, or None when unusable."""
     try:
+        if image.mode == "L":
+            table = _grey_table(icc)
+            return None if table is None else image.point(table)
         transform = _srgb_transform(icc, image.mode)
     except (OSError, ImageCms.PyCMSError, ValueError, TypeError) as error:
         _warn(source, f"image file {name} embeds a colour profile that cannot be used ({error}); its pixels are read "
               "as sRGB. Re-save it converted to sRGB to be sure of its colours.")
         return None
-    if transform is None:
-        return None
-    converted = ImageCms.applyTransform(image, transform)
-    return converted.convert("L") if image.mode == "L" else converted
+    return None if transform is None else ImageCms.applyTransform(image, transform)
 
 
 @functools.lru_cache(maxsize=16)
-def _srgb_transform(icc: bytes, mode: str):
+def _srgb_transform(icc: bytes, mode: str, flags: int = 0):
     """A cached transform from profile ``icc`` to sRGB for ``mode`` images; None when it is sRGB already."""
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     if "srgb" in ImageCms.getProfileDescription(profile).lower().replace(" ", ""):
         return None
-    return ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), mode, "RGB")
+    return ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), mode, "RGB", flags=flags)
+
+
+@functools.lru_cache(maxsize=16)
+def _grey_table(icc: bytes) -> list[int] | None:
+    """The sRGB grey level of each of the 256 levels of a grey profile; None for sRGB-named profiles.
+
+    Computed once per profile, without lcms's optimisation: its optimised 8-bit grey curves
+    are up to 10 levels off near black.
+    """
+    transform = _srgb_transform(icc, "L", ImageCms.Flags.NOOPTIMIZE)
+    if transform is None:
+        return None
+    levels = Image.frombytes("L", (256, 1), bytes(range(256)))
+    return np.asarray(ImageCms.applyTransform(levels, transform))[0, :, 1].tolist()

@@ -111,7 +111,10 @@ def _unit_tensor(array: np.ndarray, scale: float) -> torch.Tensor:
     """
     if array.ndim == 2:
         array = array[:, :, None]
-    tensor = torch.from_numpy(np.ascontiguousarray(array[:, :, :3], dtype=np.float32))
+    pixels = np.ascontiguousarray(array[:, :, :3], dtype=np.float32)
+    if not pixels.flags.writeable:  # e.g. a read-only memory map, which torch cannot wrap
+        pixels = pixels.copy()
+    tensor = torch.from_numpy(pixels)
     if scale != 1.0:  # integer pixels, so the tensor is a fresh copy
         tensor.div_(scale)
     return tensor.permute(2, 0, 1)[None]
@@ -300,10 +303,10 @@ class ImageCollection:
         load = self._load_stacked if self._stack is not None else self._load_item
         tensors, sizes, is_grey = [], [], []
         for index in batch_indices:
-            image = load(int(index))
-            sizes.append(tuple(image.shape[2:]))
-            is_grey.append(_grey_flags(image)[0])
-            tensors.append(_to_rgb(_resize(image, input_size)))
+            size, grey, tensor = _shrink(load(int(index)), input_size)  # the full-size floats die here
+            sizes.append(size)
+            is_grey.append(grey)
+            tensors.append(tensor)
         return torch.cat(tensors), sizes, np.array(is_grey, dtype=bool)
 
     def _check_colour(self, batch_indices: np.ndarray, is_grey: np.ndarray) -> None:
@@ -340,6 +343,11 @@ class ImageCollection:
                 ),
                 stacklevel=3,
             )
+
+
+def _shrink(image: torch.Tensor, input_size: tuple[int, int]) -> tuple[tuple[int, int], bool, torch.Tensor]:
+    """One image (1, C, H, W): its size, whether it is grey, and it as RGB at ``input_size``."""
+    return tuple(image.shape[2:]), bool(_grey_flags(image)[0]), _to_rgb(_resize(image, input_size))
 
 
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

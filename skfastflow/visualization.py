@@ -273,3 +273,113 @@ def _draw_score(overlay, score):
     draw.rectangle((0, 0, right + margin, bottom + margin), fill=(0, 0, 0))
     draw.text((margin, margin), text, fill=(255, 255, 255), font=font)
     return np.asarray(picture).copy()
+
+
+def _verdict_figure(title):
+    """A matplotlib figure and axes drawn off-screen (the Agg canvas: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if title:
+        axes.set_title(title)
+    return figure, axes
+
+
+def _good_and_defect_scores(y_true, scores):
+    y_true = np.asarray(y_true).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y_true.shape != scores.shape or not np.isin(y_true, (1, -1)).all():
+        raise ValueError("y_true must hold one label per score, 1 (good) or -1 (defective).")
+    good, defects = scores[y_true == 1], scores[y_true == -1]
+    if good.size == 0 or defects.size == 0:
+        raise ValueError("the plot needs good (1) and defective (-1) images.")
+    return good, defects
+
+
+def plot_roc_curve(y_true, scores, path, *, offset=None, title=None):
+    """Save the image-level ROC curve as a PNG: defects caught against good images flagged.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 for good, -1 for defective images.
+    scores : array-like of shape (n_samples,)
+        :meth:`~skfastflow.FastFlowDetector.score_samples` (lower = more abnormal).
+    path : str or path-like
+        PNG file to write (its folder must exist).
+    offset : float, default=None
+        The detector's threshold ``offset_``: its operating point is marked.
+    title : str, default=None
+
+    Returns
+    -------
+    path : pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        Without both classes, or with labels other than 1 / -1.
+    """
+    from pathlib import Path
+
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    good, defects = _good_and_defect_scores(y_true, scores)
+    labels = np.r_[np.zeros(good.size), np.ones(defects.size)]
+    false_alarms, recall, _ = roc_curve(labels, -np.r_[good, defects])
+    figure, axes = _verdict_figure(title)
+    axes.plot(false_alarms, recall, color="#3b528b", label=f"ROC (AUROC {roc_auc_score(labels, -np.r_[good, defects]):.3f})")
+    axes.plot([0, 1], [0, 1], color="0.7", linestyle=":", label="chance")
+    if offset is not None:
+        point = (np.mean(good < offset), np.mean(defects < offset))
+        axes.plot(*point, "o", color="#cf4446", label=f"threshold offset_={offset:.4f}")
+    axes.set_xlabel("good images flagged (false-alarm rate)")
+    axes.set_ylabel("defective images flagged (recall)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.legend(loc="lower right")
+    figure.savefig(path)
+    return Path(path)
+
+
+def plot_score_histogram(y_true, scores, path, *, offset=None, title=None):
+    """Save histograms of the good and the defective images' scores, with the threshold, as a PNG.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 for good, -1 for defective images.
+    scores : array-like of shape (n_samples,)
+        :meth:`~skfastflow.FastFlowDetector.score_samples` (lower = more abnormal).
+    path : str or path-like
+        PNG file to write (its folder must exist).
+    offset : float, default=None
+        The threshold ``offset_``, drawn as a vertical line (images left of it are flagged).
+    title : str, default=None
+
+    Returns
+    -------
+    path : pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        Without both classes, or with labels other than 1 / -1.
+    """
+    from pathlib import Path
+
+    good, defects = _good_and_defect_scores(y_true, scores)
+    edges = np.histogram_bin_edges(np.r_[good, defects], bins=30)
+    figure, axes = _verdict_figure(title)
+    axes.hist(good, bins=edges, color="#21918c", alpha=0.6, label=f"good ({good.size})")
+    axes.hist(defects, bins=edges, color="#cf4446", alpha=0.6, label=f"defective ({defects.size})")
+    if offset is not None:
+        axes.axvline(offset, color="black", linestyle="--", label=f"threshold offset_={offset:.4f}")
+    axes.set_xlabel("image score (score_samples; lower = more abnormal)")
+    axes.set_ylabel("images")
+    axes.legend()
+    figure.savefig(path)
+    return Path(path)

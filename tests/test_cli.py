@@ -25,7 +25,7 @@ import skfastflow.detector as detector_module
 from skfastflow import FastFlowDetector
 from skfastflow.cli import _input_size, load_model, main, save_model, training_images, write_mvtec_folder
 from skfastflow.datasets import load_mvtec, make_defect_images
-from skfastflow.metrics import aupro_score, pixel_roc_auc_score
+from skfastflow.metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0"]
@@ -102,9 +102,9 @@ def test_predict_prints_one_verdict_per_image_and_writes_csv_and_overlays(fit_ru
             assert picture.size == (64, 64)
 
 
-def test_evaluate_reports_the_librarys_metrics_and_confusion_at_the_threshold(fit_run, mvtec_dir):
+def test_evaluate_reports_the_librarys_metrics_and_confusion_at_the_threshold(fit_run, mvtec_dir, tmp_path):
     _, model_path = fit_run
-    process = run_cli("evaluate", model_path, mvtec_dir)
+    process = run_cli("evaluate", model_path, mvtec_dir, "--plots", tmp_path)
     assert process.returncode == 0, process.stderr
     out = process.stdout
     # The right figures: the library's own metrics on the detector's maps and the masks.
@@ -129,6 +129,53 @@ def test_evaluate_reports_the_librarys_metrics_and_confusion_at_the_threshold(fi
     good, defective = data.y_test == 1, data.y_test == -1
     assert [int(good_row[1]), int(good_row[2])] == [int((good & ~flagged).sum()), int((good & flagged).sum())]
     assert [int(defective_row[1]), int(defective_row[2])] == [int((defective & ~flagged).sum()), int((defective & flagged).sum())]
+
+
+def test_evaluate_with_image_labels_only_reports_operating_points_and_draws_plots(fit_run, mvtec_dir, tmp_path):
+    import shutil
+
+    _, model_path = fit_run
+    labels_only = shutil.copytree(mvtec_dir, tmp_path / "labels_only", ignore=shutil.ignore_patterns("ground_truth"))
+    process = run_cli("evaluate", model_path, labels_only, "--plots", tmp_path / "plots")
+    assert process.returncode == 0, process.stderr
+    out = process.stdout
+    assert "pixel AUROC, AUPRO: skipped (no ground_truth/" in out
+    detector = load_model(model_path)
+    data = load_mvtec(labels_only, lazy=True)
+    assert data.masks_test == [None] * len(data.y_test)
+    scores = detector.score_samples(list(data.X_test))
+    image_auc = float(next(line for line in out.splitlines() if "image AUROC" in line).split()[-1])
+    assert image_auc == pytest.approx(roc_auc_score(data.y_test, scores), abs=5e-4 + 1e-9)
+    recalls = recall_at_false_alarm_rates(data.y_test, scores, [0.0, 0.01, 0.05, 0.1])
+    printed = [float(line.split()[-1]) for line in out.splitlines() if line.strip().startswith("at most")]
+    np.testing.assert_allclose(printed, recalls, atol=5e-4 + 1e-9)
+    model_row = next(line for line in out.splitlines() if line.strip().startswith("model:")).split()
+    flagged = scores < detector.offset_
+    assert float(model_row[-1]) == pytest.approx(flagged[data.y_test == -1].mean(), abs=5e-4 + 1e-9)
+    for name in ("roc.png", "scores.png"):
+        with Image.open(tmp_path / "plots" / name) as picture:
+            assert picture.format == "PNG" and picture.size == (600, 450)
+            # Not a blank canvas: the curves and bars put several colours on it.
+            assert len(picture.convert("RGB").getcolors(maxcolors=1 << 16)) > 10
+
+
+def test_fit_with_labelled_defects_never_trains_on_them(mvtec_dir, tmp_path):
+    defects = sorted(p for p in (mvtec_dir / "test").iterdir() if p.name != "good")
+    n_defects = sum(len(list(folder.iterdir())) for folder in defects)
+    model_path = tmp_path / "model.joblib"
+    process = run_cli("fit", mvtec_dir, "--out", model_path, "--validation-fraction", "0.25", "--defects", *defects, *TINY_FIT)
+    assert process.returncode == 0, process.stderr
+    assert f"{n_defects} labelled defective images" in process.stdout
+    detector = load_model(model_path)
+    assert detector.n_train_samples_ + detector.n_validation_samples_ == N_TRAIN
+    assert len(detector.defect_scores_) == n_defects
+    labelled = load_model(model_path).set_threshold(image_score=detector.image_score_)
+    # Same flows as a fit without them (same seed): the defects placed the threshold only.
+    plain_path = tmp_path / "plain.joblib"
+    assert run_cli("fit", mvtec_dir, "--out", plain_path, "--validation-fraction", "0.25", *TINY_FIT).returncode == 0
+    plain = load_model(plain_path).set_threshold(image_score=detector.image_score_)
+    images = [str(path) for path in (mvtec_dir / "test" / "good").iterdir()]
+    np.testing.assert_array_equal(labelled.score_samples(images), plain.score_samples(images))
 
 
 def test_user_error_in_a_subprocess_gives_status_2_and_no_traceback(tmp_path):

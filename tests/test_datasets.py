@@ -329,6 +329,35 @@ def test_load_mvtec_reads_uncommon_modes(tmp_path):
     assert data.X_train[2].dtype == np.uint16
 
 
+def test_load_mvtec_reads_sub_folders_viewer_orientation_and_jpeg_masks(tmp_path):
+    rng = np.random.default_rng(5)
+    root = tmp_path / "phones"
+    _save(root / "train/good/a.png", rng.integers(0, 256, (12, 8), dtype=np.uint8))
+    _save(root / "train/good/day2/b.webp", rng.integers(0, 256, (12, 8, 3), dtype=np.uint8))
+    _save(root / "test/good/line1/g.pgm", rng.integers(0, 256, (12, 8), dtype=np.uint8))
+    # A phone photo of a scratched part, stored sideways with Orientation=6; its mask was
+    # drawn on the upright picture and saved as JPEG.
+    upright = rng.integers(0, 256, (12, 8), dtype=np.uint8)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = stored.getexif()
+    exif[274] = 6
+    (root / "test/scratch/line1").mkdir(parents=True)
+    stored.save(root / "test/scratch/line1/s.png", exif=exif)
+    scratch = _defect_mask((12, 8), slice(2, 10), slice(3, 5))
+    (root / "ground_truth/scratch/line1").mkdir(parents=True)
+    Image.fromarray(scratch.astype(np.uint8) * 255).save(root / "ground_truth/scratch/line1/s_mask.jpg", quality=70)
+
+    with pytest.warns(UserWarning, match=r"s_mask.jpg' holds values between 0 and 255"):
+        data = load_mvtec(root)
+    assert [Path(p).relative_to(root).as_posix() for p in data.paths_train] == ["train/good/a.png", "train/good/day2/b.webp"]
+    assert [Path(p).relative_to(root).as_posix() for p in data.paths_test] == ["test/good/line1/g.pgm", "test/scratch/line1/s.png"]
+    assert data.defect_type_test.tolist() == ["good", "scratch"]
+    np.testing.assert_array_equal(data.X_test[1], upright)
+    np.testing.assert_array_equal(data.masks_test[1], scratch)
+    lazy = load_mvtec(root, lazy=True)  # checks mask sizes by the displayed size too
+    assert lazy.masks_test == [None, str(root / "ground_truth/scratch/line1/s_mask.jpg")]
+
+
 def _remove(path):
     path.unlink()
 

@@ -402,3 +402,24 @@ def test_each_map_comes_back_at_its_own_size_and_from_its_own_values(input_size,
     for anomaly_map, size, result in zip(maps, sizes, resized):
         assert result.shape == size
         np.testing.assert_allclose(result, half_pixel_bilinear(anomaly_map[0].astype(np.float64), size), atol=1e-6)
+
+
+# ----------------------------------------------------------------- memory
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_stacks_and_lists_are_converted_to_float_one_image_at_a_time(as_list):
+    # Eight 256x256 RGB frames: 0.75 MiB each as float32, 6 MiB as a float batch. numpy's
+    # allocations are traced; the float copy of one frame must be all there is at a time.
+    import tracemalloc
+
+    frames = np.random.default_rng(0).integers(0, 256, (8, 256, 256, 3), dtype=np.uint8)
+    X = list(frames) if as_list else frames
+    one_frame = frames[0].size * 4
+    tracemalloc.start()
+    try:
+        batches = list(ImageCollection(X).batches(8, SIZE, MEAN, STD))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(batches) == 1 and batches[0].tensor.shape == (8, 3, *SIZE)
+    assert one_frame <= peak < 2 * one_frame

@@ -377,6 +377,12 @@ def test_fit_over_several_folders_saves_one_model_each_and_names_a_failed_one(cl
         detector = load_model(tmp_path / "models" / f"{name}.joblib")
         assert detector.backbone == "test_resnet" and detector.n_train_samples_ + detector.n_validation_samples_ == 6
         assert f"{name}: model saved to {tmp_path / 'models' / name}.joblib" in out
+    # One DATA_DIR on the cluster: --out is the model file, as without --scheduler.
+    assert main(["fit", str(folders[0]), "--out", str(tmp_path / "one.joblib"), "--scheduler", client.scheduler.address, *tiny]) == 0
+    images = sorted(map(str, folders[0].iterdir()))
+    np.testing.assert_array_equal(
+        load_model(tmp_path / "one.joblib").score_samples(images), load_model(tmp_path / "models" / "bottle.joblib").score_samples(images)
+    )
 
 
 def test_fit_refuses_two_folders_of_the_same_name_before_training(tmp_path, capsys):

@@ -7,6 +7,7 @@ batches. docs/errors.md describes the same behaviour for users.
 """
 
 import copy
+import csv
 import weakref
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from skfastflow import FastFlowDetector
+from skfastflow import batch_scoring
 from skfastflow import images as images_module
 from skfastflow import persistence
 from skfastflow.cli import main
@@ -87,7 +89,7 @@ BAD_INPUTS = {
     "torch tensor": (torch.zeros(2, 3, 8, 8), TypeError, "permute"),
     "nested lists": (np.zeros((2, 8, 8), np.uint8).tolist(), TypeError, "np.asarray"),
     "single path": ("image.png", TypeError, "single path"),
-    "missing path": (["does/not/exist.png"], ValueError, r"X\[0\]: image file 'does/not/exist.png' does not exist"),
+    "missing path": (["does/not/exist.png"], ValueError, r"^image file 'does/not/exist.png' does not exist; check the path"),
 }
 
 
@@ -140,12 +142,13 @@ def broken_files(tmp_path):
 def test_unreadable_files_name_the_file(colour_detector, broken_files, method):
     good, broken = broken_files
     for path in broken:
-        with pytest.raises(ValueError, match=rf"X\[2\]: cannot read image file '.*{path.name}'"):
+        with pytest.raises(ValueError, match=rf"^cannot read image file '.*{path.name}'.*Replace the file") as error:
             call(colour_detector, method, [good, good, path, good])
+        assert "X" not in str(error.value).replace(str(path), "")
 
 
-def test_a_folder_is_refused_with_the_glob_fix(colour_detector, tmp_path):
-    with pytest.raises(ValueError, match="is a folder.*glob"):
+def test_a_folder_is_refused_with_the_listing_fix(colour_detector, tmp_path):
+    with pytest.raises(ValueError, match="is a folder.*list_images"):
         colour_detector.predict_maps([tmp_path])
 
 
@@ -200,10 +203,22 @@ def test_mixed_and_tiny_sizes_give_maps_at_each_images_size(colour_detector):
 # ----------------------------------------------------------------- grey and colour
 
 @pytest.mark.parametrize("method", ["score_samples", "decision_function", "predict", "predict_maps", "score"])
-def test_grey_detector_refuses_colour_images(grey_detector, method):
+def test_grey_detector_scores_colour_images_and_warns_naming_each(grey_detector, method):
     assert grey_detector.colour_mode_ == "grey"
-    with pytest.raises(ValueError, match=r"X\[0\] is a colour image.*fitted on grey"):
-        getattr(grey_detector, method)(colour_images(2, seed=4))
+    with pytest.warns(UserWarning, match=r"colour image, but the detector was fitted on grey.*scored") as record:
+        result = getattr(grey_detector, method)(colour_images(2, seed=4))
+    assert [str(w.message).split(" ")[0] for w in record if "colour image" in str(w.message)] == ["X[0]", "X[1]"]
+    assert np.isfinite(result).all()
+
+
+def test_colour_stain_on_a_grey_part_scores_as_more_anomalous(grey_detector):
+    grey = colour_images(4, seed=4)[..., 0]
+    frames = np.repeat(grey[..., None], 3, axis=-1)
+    frames[2, 8:24, 8:24] = (150, 60, 20)  # a rust-coloured stain on the third part
+    with pytest.warns(UserWarning, match=r"X\[2\] is a colour image"):
+        scores = grey_detector.score_samples(frames)
+    np.testing.assert_allclose(scores[[0, 1, 3]], grey_detector.score_samples(grey[[0, 1, 3]]), atol=1e-6)
+    assert scores[2] < scores[[0, 1, 3]].min()
 
 
 def test_grey_detector_accepts_grey_stored_as_rgb(grey_detector):
@@ -354,13 +369,13 @@ def write_pngs(folder, n_images, seed=8):
 def stream_probe(monkeypatch):
     """Records file reads and backbone passes, and the most decoded images alive at once."""
     probe = {"events": [], "alive": 0, "most_alive": 0}
-    original_read, original_extract = images_module._read_image_file, FastflowModel.extract_features
+    original_read, original_extract = images_module.read_image, FastflowModel.extract_features
 
     def forget():
         probe["alive"] -= 1
 
-    def counting_read(path, where=""):
-        array = original_read(path, where)
+    def counting_read(path):
+        array = original_read(path)
         probe["events"].append("r")
         probe["alive"] += 1
         probe["most_alive"] = max(probe["most_alive"], probe["alive"])
@@ -371,7 +386,8 @@ def stream_probe(monkeypatch):
         probe["events"].append("|")
         return original_extract(model, images)
 
-    monkeypatch.setattr(images_module, "_read_image_file", counting_read)
+    monkeypatch.setattr(images_module, "read_image", counting_read)
+    monkeypatch.setattr(batch_scoring, "read_image", counting_read)
     monkeypatch.setattr(FastflowModel, "extract_features", counting_extract)
     return probe
 
@@ -417,17 +433,115 @@ def test_cli_predict_streams_files_in_batches(colour_detector, model_file, tmp_p
     assert stream_probe["events"].count("|") == -(-n_images // batch_size)
 
 
-def test_cli_predict_names_an_unreadable_file(colour_detector, model_file, broken_files, capsys):
+def test_cli_predict_names_an_unreadable_file_and_scores_the_others(colour_detector, model_file, broken_files, capsys):
     good, broken = broken_files
-    status = main(["predict", str(model_file(colour_detector)), str(good), str(broken[0])])
-    err = capsys.readouterr().err
+    status = main(["predict", str(model_file(colour_detector)), str(good), str(broken[0]), str(good)])
+    out, err = capsys.readouterr()
     assert status == 2
-    assert f"cannot read image file '{broken[0]}'" in err and "Traceback" not in err
+    assert len([line for line in out.splitlines() if line.endswith(("good", "defective"))]) == 2
+    assert f"skfastflow: error: cannot read image file '{broken[0]}'" in err and "Traceback" not in err
 
 
-def test_cli_predict_refuses_colour_images_for_a_grey_model(grey_detector, model_file, tmp_path, capsys):
+def test_cli_predict_gives_every_verdict_for_colour_images_on_a_grey_model(grey_detector, model_file, tmp_path, capsys):
     paths = write_pngs(tmp_path / "colour", 2)
     status = main(["predict", str(model_file(grey_detector)), *map(str, paths)])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert [line.split()[0] for line in out.splitlines()] == [str(path) for path in paths]
+    assert f"skfastflow: warning: image file '{paths[0]}' is a colour image, but the detector was fitted on grey" in err
+    assert f"The same holds for 1 other file(s): '{paths[1]}'" in err
+    assert "X[" not in err
+
+
+# ----------------------------------------------------------------- files as users have them (issue #16)
+
+def save_sideways(upright, path):
+    """Store ``upright`` as a phone does: pixels turned 90 degrees, EXIF Orientation=6 to turn them back."""
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = stored.getexif()
+    exif[274] = 6
+    stored.save(path, exif=exif)
+
+
+def test_phone_photos_stored_sideways_are_scored_upright(colour_detector, model_file, tmp_path, capsys):
+    upright = colour_images(4, seed=9, size=64)[:, :, 8:56]  # 64 high, 48 wide, as displayed
+    paths = [tmp_path / f"part{index}.png" for index in range(4)]
+    for image, path in zip(upright, paths):
+        save_sideways(image, path)
+        assert Image.open(path).size == (64, 48)  # stored 64 wide, 48 high
+    maps, scores = colour_detector.predict_maps(paths, return_scores=True)
+    assert maps.shape == (4, 64, 48)
+    np.testing.assert_allclose(scores, colour_detector.score_samples(upright), atol=1e-6)
+    np.testing.assert_allclose(maps, colour_detector.predict_maps(upright), atol=1e-6)
+    # The overlays of the command line have the displayed size too.
+    status = main(["predict", str(model_file(colour_detector)), *map(str, paths), "--maps", str(tmp_path / "maps")])
+    assert status == 0
+    capsys.readouterr()
+    with Image.open(tmp_path / "maps" / "part0.png") as overlay:
+        assert overlay.size == (48, 64)
+
+
+def test_cli_predict_scores_39_of_40_parts_when_the_3rd_is_truncated(colour_detector, model_file, tmp_path, capsys):
+    paths = write_pngs(tmp_path / "parts", 40)
+    paths[2].write_bytes(paths[2].read_bytes()[:100])
+    status = main(["predict", str(model_file(colour_detector)), str(tmp_path / "parts"), "--csv", str(tmp_path / "out.csv")])
+    out, err = capsys.readouterr()
     assert status == 2
-    assert "is a colour image, but the detector was fitted on grey images only" in err
+    verdicts = [line.split()[0] for line in out.splitlines() if line.endswith(("good", "defective"))]
+    assert verdicts == [str(path) for path in paths if path != paths[2]]
+    with open(tmp_path / "out.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["path"] for row in rows] == [str(path) for path in paths]
+    assert [row["verdict"] for row in rows].count("error") == 1
+    assert rows[2]["verdict"] == "error" and rows[2]["score"] == "" and f"'{paths[2]}'" in rows[2]["error"]
+    assert f"skfastflow: error: cannot read image file '{paths[2]}'" in err
+    assert "40 images: 1 could not be scored" in err
+    assert "X" not in err.replace(str(tmp_path), "").replace("offset_", "")
+
+
+def test_float_tiff_of_heights_gets_a_file_remedy_from_the_detector(colour_detector, tmp_path):
+    heights = np.linspace(3.0, 4.5, 32 * 32, dtype=np.float32).reshape(32, 32)  # mm
+    Image.fromarray(heights).save(tmp_path / "height.tif")
+    with pytest.raises(ValueError, match=r"height.tif' holds floating-point pixels from 3 to 4.5.*16-bit PNG or TIFF") as error:
+        colour_detector.predict_maps([tmp_path / "height.tif"])
+    assert "divide by 255" not in str(error.value) and "X" not in str(error.value).replace(str(tmp_path), "")
+
+
+def test_fit_and_predict_use_every_image_of_a_folder_and_its_sub_folders(tmp_path, capsys):
+    # 12 good parts as .png, .webp and .pgm: 2 at the top, 10 in day1/ and day2/.
+    good = tmp_path / "good"
+    images = colour_images(12, seed=3, size=16)[..., 0]
+    for index, image in enumerate(images):
+        folder = good if index < 2 else good / ("day1" if index < 7 else "day2")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:02d}{['.png', '.webp', '.pgm'][index % 3]}")
+    (good / "notes.txt").write_text("lot 7")
+    fit = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "32", "--epochs", "1", "--seed", "0"]
+    assert main(["fit", str(good), "--out", str(tmp_path / "model.joblib"), *fit]) == 0
+    out, err = capsys.readouterr()
+    assert f"Training on 12 good images from {good}" in out
+    assert "notes.txt (not an image file (suffix '.txt'))" in err
+    detector = persistence.load(tmp_path / "model.joblib")
+    assert detector.n_train_samples_ + detector.n_validation_samples_ == 12
+    assert main(["predict", str(tmp_path / "model.joblib"), str(good)]) == 0
+    out, _ = capsys.readouterr()
+    assert len(out.splitlines()) == 12
+
+
+def test_cli_evaluate_leaves_out_an_unreadable_test_image_and_exits_2(colour_detector, model_file, tmp_path, capsys):
+    from skfastflow.cli import write_mvtec_folder
+    from skfastflow.datasets import make_defect_images
+
+    train = make_defect_images(4, image_size=32, defect_fraction=0.0, random_state=0)
+    test = make_defect_images(6, image_size=32, defect_fraction=0.5, random_state=1)
+    root = write_mvtec_folder(tmp_path / "data", train, test)
+    broken = sorted((root / "test").rglob("*.png"))[0]
+    broken.write_bytes(b"truncated")
+    status = main(["evaluate", str(model_file(colour_detector)), str(root)])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert f"skfastflow: error: cannot read image file '{broken}'" in err
+    n_good = int((test.target == 1).sum()) - (broken.parent.name == "good")
+    n_defective = int((test.target == -1).sum()) - (broken.parent.name != "good")
+    assert f"Test images: {n_good} good, {n_defective} defective" in out
+    assert "1 test images could not be scored" in err

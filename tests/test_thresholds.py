@@ -172,6 +172,16 @@ def test_set_threshold_changes_rule_and_operating_point_without_retraining(label
     assert detector.contamination == 0.25
 
 
+def test_defects_given_after_fit_give_the_detector_fit_with_them(labelled_fit):
+    detector, good, defects, X, y = labelled_fit
+    later = FastFlowDetector(**TINY, validation_fraction=0.5, image_score="auto").fit(good)
+    assert later.defect_scores_ is None
+    later.set_threshold(defects=defects)
+    assert later.image_score_ == detector.image_score_
+    np.testing.assert_array_equal(later.defect_scores_, detector.defect_scores_)
+    assert later.offset_ == detector.offset_
+
+
 def test_score_reads_y_as_fit_does(labelled_fit):
     detector, good, defects, X, y = labelled_fit
     assert detector.score(X, y) == pytest.approx(detector.score(good), rel=1e-6)
