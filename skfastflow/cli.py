@@ -567,7 +567,8 @@ def _fit_folders(detector, args) -> None:
             print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
             failed.append(name)
             continue
-        training_sets[name] = [str(path) for path in paths]
+        # Absolute: a worker's working directory is not this one.
+        training_sets[name] = [str(path.absolute()) for path in paths]
         print(f"{name}: {len(paths)} good images from {folder}")
     if args.scheduler is None:
         for name, paths in training_sets.items():

@@ -112,7 +112,7 @@ def parse_scheduler(scheduler: str) -> int | str:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if text.startswith(_LOCAL_PREFIX + ":"):
         count = text[len(_LOCAL_PREFIX) + 1 :]
-        if not count.isdigit() or int(count) < 1:
+        if not (count.isascii() and count.isdigit()) or int(count) < 1:
             raise ValueError(f"{scheduler!r}: local:N needs a positive number of worker processes N, e.g. local:2.")
         return int(count)
     return text
@@ -140,8 +140,10 @@ def connect(scheduler: str, *, threads_per_task: int = 1) -> Iterator[Client]:
     Raises
     ------
     ValueError
-        If ``scheduler`` is malformed, or no scheduler answers at the address within
-        :data:`CONNECT_TIMEOUT` seconds.
+        If ``scheduler`` is malformed, or no scheduler answers at the address (or it has no
+        worker) within :data:`CONNECT_TIMEOUT` seconds.
+    RuntimeError
+        If the worker processes of ``"local:N"`` do not start.
 
     Notes
     -----
@@ -165,19 +167,26 @@ def connect(scheduler: str, *, threads_per_task: int = 1) -> Iterator[Client]:
         if isinstance(target, int):
             saved = {name: os.environ.get(name) for name in _NANNY_VARIABLES}
             stack.callback(_restore_environment, saved)
-            with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-                cluster = stack.enter_context(
-                    LocalCluster(
-                        n_workers=target,
-                        threads_per_worker=1,
-                        processes=True,
-                        host="127.0.0.1",
-                        dashboard_address=None,
-                        # Errors only: a worker that takes over 4 s to exit (torch's teardown on a
-                        # busy machine) is killed at close with a warning that worries for nothing.
-                        silence_logs=logging.ERROR,
+            try:
+                with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+                    cluster = stack.enter_context(
+                        LocalCluster(
+                            n_workers=target,
+                            threads_per_worker=1,
+                            processes=True,
+                            host="127.0.0.1",
+                            dashboard_address=None,
+                            # Errors only: a worker that takes over 4 s to exit (torch's teardown on a
+                            # busy machine) is killed at close with a warning that worries for nothing.
+                            silence_logs=logging.ERROR,
+                        )
                     )
-                )
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"the local dask workers of {scheduler!r} did not start ({error!r}). In a script, start the cluster "
+                    "under `if __name__ == \"__main__\":`: each worker is a new Python process that runs the script's "
+                    "top level again."
+                ) from error
             client = stack.enter_context(Client(cluster))
         else:
             try:
@@ -233,9 +242,10 @@ def fit_each(detector, training_sets: Mapping[str, Any], client: Client) -> Iter
         The configuration to fit (it is cloned; it is not changed). Fix ``random_state``
         for models that do not depend on which worker fitted them.
     training_sets : mapping of str to images
-        ``{name: X}``, ``X`` as for :meth:`FastFlowDetector.fit`. Prefer lists of file
-        paths: the workers read the images, which must be visible to them at those paths,
-        whereas arrays travel through the scheduler.
+        ``{name: X}``, ``X`` as for :meth:`FastFlowDetector.fit`. Prefer lists of
+        absolute file paths: the workers read the images, which must be visible to them at
+        those paths (relative ones would start from a worker's working directory), whereas
+        arrays travel through the scheduler.
     client : distributed.Client
         For example from :func:`connect`.
 
@@ -316,7 +326,8 @@ def score_files_on_cluster(
         A fitted detector, or a model file (read here with
         :func:`skfastflow.persistence.load`; the workers need not see it).
     paths : iterable of str or path-like
-        Image files, at paths the workers can read (a shared file system).
+        Image files, at paths the workers can read (a shared file system). Relative paths
+        are taken from this process's working directory, as on one machine.
     client : distributed.Client
         For example from :func:`connect`.
     batches_per_task : int, default=1
@@ -373,7 +384,7 @@ def score_files_on_cluster(
     try:
 
         def submit(chunk):
-            return client.submit(_score_chunk, shared, chunk, return_maps, pure=False)
+            return client.submit(_score_chunk, shared, chunk, os.getcwd(), return_maps, pure=False)
 
         for results, caught in _in_order(submit, _chunks(paths, chunk_size), max_in_flight):
             # Before the results, as score_files warns about a batch before yielding it.
@@ -429,13 +440,19 @@ def _in_order(submit: Callable[[Any], Any], items: Iterable, max_in_flight: int)
             future.cancel()
 
 
-def _score_chunk(detector, paths: list[str], return_maps: bool):
-    """The task of :func:`score_files_on_cluster`: results of one chunk, and the warnings they raised."""
+def _score_chunk(detector, paths: list[str], client_directory: str, return_maps: bool):
+    """The task of :func:`score_files_on_cluster`: results of one chunk, and the warnings they raised.
+
+    Relative paths are the client's: they are read below its working directory (a worker's
+    own is anywhere), and reported as given.
+    """
     from .batch_scoring import score_files
 
+    readable = [os.path.join(client_directory, path) for path in paths]
     # catch_warnings changes process-wide state: exact with one thread per worker (connect's
     # local clusters); with several, a chunk may carry a warning of a neighbouring chunk.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = list(score_files(detector, paths, return_maps=return_maps))
+        scored = score_files(detector, readable, return_maps=return_maps)
+        results = [result._replace(path=path) for path, result in zip(paths, scored)]
     return results, [record.message for record in caught]

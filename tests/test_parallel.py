@@ -109,7 +109,7 @@ def test_an_address_is_passed_on_unchanged(address):
     assert parse_scheduler(address) == address
 
 
-@pytest.mark.parametrize("text", ["local:0", "local:-1", "local:two", "local:", "", "  "])
+@pytest.mark.parametrize("text", ["local:0", "local:-1", "local:two", "local:", "local:\u00b2", "", "  "])
 def test_a_malformed_scheduler_says_what_to_pass(text):
     with pytest.raises(ValueError, match="local:2|local:N"):
         parse_scheduler(text)
@@ -119,6 +119,16 @@ def test_connect_to_nothing_says_how_to_start_a_scheduler(monkeypatch):
     monkeypatch.setattr("skfastflow.parallel.CONNECT_TIMEOUT", 1)
     with pytest.raises(ValueError, match=r"no dask scheduler answers at 'tcp://127.0.0.1:9'.*dask worker"):
         with connect("tcp://127.0.0.1:9"):
+            pass
+
+
+def test_local_workers_that_do_not_start_point_at_the_main_guard(monkeypatch):
+    def failing_cluster(**kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr("skfastflow.parallel.LocalCluster", failing_cluster)
+    with pytest.raises(RuntimeError, match=r"'local:3' did not start.*if __name__ == \"__main__\":"):
+        with connect("local:3"):
             pass
 
 
@@ -343,11 +353,26 @@ def test_scoring_on_the_cluster_gives_score_files_results_in_order(client, image
     assert unpickled == dict.fromkeys(unpickled, 1)
 
 
-def test_scoring_on_the_cluster_reads_the_model_file_here_and_checks_its_arguments(client, image_files, tmp_path):
+def test_scoring_on_the_cluster_reads_the_model_file_here_and_relative_paths_from_here(client, image_files, tmp_path):
     detector, paths = image_files
     save_model(detector, tmp_path / "model.joblib")
-    results = list(score_files_on_cluster(str(tmp_path / "model.joblib"), paths[:3], client, max_in_flight=1))
-    np.testing.assert_array_equal([result.score for result in results], detector.score_samples(paths[:3]))
+    relative = [os.path.relpath(path) for path in paths[:3]]
+    # A worker's working directory is its own: relative paths must still mean what they mean here.
+    directories = client.run(os.getcwd)
+    elsewhere = tmp_path / "elsewhere" / "deeper" / "still"
+    elsewhere.mkdir(parents=True)
+    client.run(os.chdir, str(elsewhere))
+    try:
+        results = list(score_files_on_cluster(str(tmp_path / "model.joblib"), relative, client, max_in_flight=1))
+    finally:
+        for address, directory in directories.items():
+            client.run(os.chdir, directory, workers=[address])
+    assert [result.path for result in results] == relative
+    np.testing.assert_array_equal([result.score for result in results], one_torch_thread(detector.score_samples, paths[:3]))
+
+
+def test_scoring_on_the_cluster_checks_its_arguments(client, image_files):
+    detector, paths = image_files
     for wrong in [{"batches_per_task": 0}, {"max_in_flight": 0}, {"batches_per_task": 2.5}]:
         with pytest.raises(ValueError, match="must be a positive integer"):
             next(score_files_on_cluster(detector, paths, client, **wrong))
