@@ -53,6 +53,10 @@ DEMO_TEST_IMAGES = 50
 DEMO_EPOCHS = 20
 DEMO_SEED = 0
 
+# Where fit saves: one model file, or with several DATA_DIRs a folder of them.
+SINGLE_MODEL_FILE = "model.joblib"
+MODELS_FOLDER = "models"
+
 # Fewer held-out good images than this make offset_ a rough guess; fit then says so.
 MIN_RELIABLE_HELD_OUT = 10
 
@@ -136,12 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        help="train a detector on a folder of good images",
+        help="train a detector on a folder of good images (or one per folder)",
         description="Train a detector on good images and save it. DATA_DIR is a folder of good images, "
-        "or an MVTec AD category folder, whose train/good/ images are then used.",
+        "or an MVTec AD category folder, whose train/good/ images are then used. Several DATA_DIRs (one per "
+        "product type) give one model each, named after its folder, in the folder --out; with --scheduler "
+        "they train in parallel on a dask cluster.",
     )
-    fit.add_argument("data_dir", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
-    fit.add_argument("--out", default="model.joblib", help="where to save the model (default: %(default)s)")
+    fit.add_argument("data_dirs", nargs="+", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
+    fit.add_argument(
+        "--out",
+        default=None,
+        help=f"where to save the model (default: {SINGLE_MODEL_FILE}); with several DATA_DIRs, the folder "
+        f"for the models, DATA_DIR's name + .joblib each (default: {MODELS_FOLDER})",
+    )
     fit.add_argument(
         "--backbone",
         default=None,
@@ -204,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
+    _add_scheduler_option(fit, "train")
     fit.set_defaults(run=_run_fit)
 
     predict = commands.add_parser(
@@ -218,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
     predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
     _add_threads_option(predict)
+    _add_scheduler_option(predict, "score")
     predict.set_defaults(run=_run_predict)
 
     evaluate = commands.add_parser(
@@ -296,6 +309,16 @@ def _estimator_defaults() -> dict:
 def _is_exported(path) -> bool:
     """Whether ``path`` names an exported graph (by its suffix), which needs no torch."""
     return Path(path).suffix.lower() in EXPORTED_SUFFIXES
+
+
+def _add_scheduler_option(command: argparse.ArgumentParser, work: str) -> None:
+    command.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help=f"{work} on a dask cluster: a scheduler address (tcp://HOST:8786), or local:N for N worker processes "
+        "on this machine (needs: pip install 'skfastflow[dask]'; see docs/scaling.md)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -544,7 +567,11 @@ def _run_fit(args) -> None:
     from .detector import FastFlowDetector, resolve_device
 
     resolve_device(args.device)  # fail before reading any image when CUDA is asked for but absent
-    folder, paths = training_images(args.data_dir)
+    if args.defects and (len(args.data_dirs) > 1 or args.scheduler is not None):
+        raise ValueError(
+            "--defects are the labelled defective images of one product type: pass a single DATA_DIR without "
+            "--scheduler, and fit each product type with its own --defects."
+        )
     backbone, weights, source = _choose_backbone(args.backbone, args.weights, args.pre_trained)
     detector = FastFlowDetector(
         backbone,
@@ -561,45 +588,155 @@ def _run_fit(args) -> None:
         random_state=args.seed,
         verbose=1,
     )
-    defects = _image_paths(args.defects) if args.defects else []
-    print(f"Training on {len(paths)} good images from {folder}")
-    if defects:
-        print(f"{len(defects)} labelled defective images choose the image score and the threshold (never trained on)")
+    if len(args.data_dirs) == 1 and args.scheduler is None:
+        folder, paths = training_images(args.data_dirs[0])
+        defects = _image_paths(args.defects) if args.defects else []
+        print(f"Training on {len(paths)} good images from {folder}")
+        if defects:
+            print(f"{len(defects)} labelled defective images choose the image score and the threshold (never trained on)")
+        print(f"Features: {source}")
+        path = _fit_and_save(detector, paths, args.out or SINGLE_MODEL_FILE, defects)
+        print(f"Model saved to {path}")
+        print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+        return
     print(f"Features: {source}")
-    path = _fit_and_save(detector, paths, args.out, defects)
-    print(f"Model saved to {path}")
-    print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+    _fit_folders(detector, args)
 
 
-def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = ()) -> Path:
+def _model_paths(data_dirs: list[str], out: str | os.PathLike | None) -> dict[str, Path]:
+    """One model file per DATA_DIR, by the folder's name: ``out`` for one, ``out/<name>.joblib`` for several.
+
+    Raises
+    ------
+    ValueError
+        If two DATA_DIRs have the same name (their models would overwrite each other).
+    """
+    if len(data_dirs) == 1:
+        return {Path(data_dirs[0]).absolute().name: Path(out or SINGLE_MODEL_FILE)}
+    named = {}
+    for data_dir in data_dirs:
+        name = Path(data_dir).absolute().name
+        if name in named:
+            raise ValueError(
+                f"DATA_DIRs {named[name]!r} and {data_dir!r} are both named {name!r}, so their models would both be "
+                f"{name}.joblib; fit them in separate runs with different --out folders."
+            )
+        named[name] = data_dir
+    return {name: Path(out or MODELS_FOLDER) / f"{name}.joblib" for name in named}
+
+
+def _fit_folders(detector, args) -> None:
+    """Fit one detector per DATA_DIR, here one after another or in parallel on ``args.scheduler``.
+
+    A folder that fails (no images, an unreadable image, ...) is named on stderr; the others
+    are fitted and saved, and the command then ends with an error.
+    """
+    targets = _model_paths(args.data_dirs, args.out)
+    training_sets, failed = {}, []
+    for name, data_dir in zip(targets, args.data_dirs):
+        try:
+            folder, paths = training_images(data_dir)
+        except ValueError as error:
+            print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
+            failed.append(name)
+            continue
+        # Absolute: a worker's working directory is not this one.
+        training_sets[name] = [str(path.absolute()) for path in paths]
+        print(f"{name}: {len(paths)} good images from {folder}")
+    if args.scheduler is None:
+        for name, paths in training_sets.items():
+            print(f"Training {name}")
+            try:
+                print(f"{name}: model saved to {_fit_and_save(detector, paths, targets[name], prefix=f'{name}: ')}")
+            except USER_ERRORS as error:
+                print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
+                failed.append(name)
+    else:
+        from .parallel import connect, fit_each
+
+        with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
+            print(f"Training {len(training_sets)} models on {_describe_cluster(client)}")
+            for result in fit_each(detector.set_params(verbose=0), training_sets, client):
+                if result.error is not None:
+                    print(f"skfastflow: error: {result.name}: {result.error}", file=sys.stderr)
+                    failed.append(result.name)
+                    continue
+                _report_fit(result.detector, prefix=f"{result.name}: ")
+                print(f"{result.name}: model saved to {save_model(result.detector, targets[result.name])}")
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(targets)} models could not be trained ({', '.join(failed)}: see above).")
+    if len(targets) > 1:
+        print(f"{len(targets)} models in {Path(args.out or MODELS_FOLDER).absolute()}")
+
+
+def _describe_cluster(client) -> str:
+    workers = client.scheduler_info()["workers"].values()
+    return f"{len(workers)} dask workers ({sum(worker['nthreads'] for worker in workers)} threads) at {client.scheduler.address}"
+
+
+def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = (), prefix: str = "") -> Path:
     """Fit on image files (and labelled ``defects``), save, and print what a user wants to know about the run."""
     started = time.perf_counter()
     y = np.r_[np.ones(len(paths), dtype=int), -np.ones(len(defects), dtype=int)]
     detector.fit([str(path) for path in [*paths, *defects]], y)
+    _report_fit(detector, seconds=time.perf_counter() - started, prefix=prefix)
+    return save_model(detector, out)
+
+
+def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> None:
+    """Print how a fit went, and warn when its threshold is unreliable."""
     stopped = "early stop" if detector.n_iter_ < detector.max_iter else "epoch limit"
+    took = f"Trained in {seconds:.0f} s: " if seconds is not None else "Trained: "
     print(
-        f"Trained in {time.perf_counter() - started:.0f} s: {detector.n_iter_} epochs ({stopped}), "
+        f"{prefix}{took}{detector.n_iter_} epochs ({stopped}), "
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f} "
         f"(image score: {'max' if detector.image_score_ == 'max' else f'mean of the top {detector.image_score_:.1%}'})."
     )
     if detector.offset_ <= 0.0:
         print(
-            f"Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
+            f"{prefix}Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
             "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
             file=sys.stderr,
         )
     elif detector.n_validation_samples_ < MIN_RELIABLE_HELD_OUT:
         print(
-            f"Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
+            f"{prefix}Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
             f"images well regardless, but for a reliable verdict hold out {MIN_RELIABLE_HELD_OUT} or more "
             "(more good images, or a larger --validation-fraction).",
             file=sys.stderr,
         )
-    return save_model(detector, out)
 
 
 # ---------------------------------------------------------------------------- predict
+
+
+@contextlib.contextmanager
+def _file_scores(detector, paths: list[Path], args, return_maps: bool):
+    """The results of ``score_files`` here, or of ``score_files_on_cluster`` on ``args.scheduler``."""
+    if args.scheduler is None:
+        yield score_files(detector, paths, return_maps=return_maps)
+        return
+    from .parallel import connect, score_files_on_cluster
+
+    with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
+        print(f"Scoring on {_describe_cluster(client)}", file=sys.stderr)
+        yield score_files_on_cluster(detector, paths, client, return_maps=return_maps)
+
+
+def _progress(results, total: int):
+    """``results`` with a progress bar on stderr when it is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(results, total=total, unit="image", file=sys.stderr, disable=None, leave=False)
+
+
+def _write_line(line: str, stream) -> None:
+    """Print a line without breaking the progress bar (tqdm clears it, prints, redraws)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=stream)
+    stream.flush()
 
 
 def _run_predict(args) -> int:
@@ -614,19 +751,20 @@ def _run_predict(args) -> int:
         writer = csv.writer(csv_file) if csv_file else None
         if writer:
             writer.writerow(["path", "score", "decision", "verdict", "error"])
-        results = score_files(detector, paths, return_maps=out_dir is not None)
-        for position, (path, result) in enumerate(zip(paths, results)):
-            counts[result.verdict] += 1
-            if result.error is not None:
-                print(f"skfastflow: error: {result.error}", file=sys.stderr, flush=True)
+        with _file_scores(detector, paths, args, return_maps=out_dir is not None) as results:
+            for position, result in enumerate(_progress(results, len(paths))):
+                path = paths[position]
+                counts[result.verdict] += 1
+                if result.error is not None:
+                    _write_line(f"skfastflow: error: {result.error}", sys.stderr)
+                    if writer:
+                        writer.writerow([str(path), "", "", result.verdict, result.error])
+                    continue
+                _write_line(f"{path}  {result.decision:+.4f}  {result.verdict}", sys.stdout)
                 if writer:
-                    writer.writerow([str(path), "", "", result.verdict, result.error])
-                continue
-            print(f"{path}  {result.decision:+.4f}  {result.verdict}", flush=True)
-            if writer:
-                writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
-            if overlay_paths:
-                _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+                    writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
+                if overlay_paths:
+                    _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
     unreadable = f"{counts['error']} could not be scored (named above), " if counts["error"] else ""
     print(
         f"{len(paths)} images: {unreadable}{counts['defective']} defective, {counts['good']} good "
