@@ -79,10 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _warnings_as_messages(), grouped_image_warnings():
-            if getattr(args, "threads", None):
-                import torch
-
-                torch.set_num_threads(args.threads)
             status = args.run(args)
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
@@ -242,7 +238,8 @@ def _add_threads_option(command: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         default=None,
-        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy or small machine)",
+        help="CPU threads for torch (default: one per core that other programs leave idle, at most torch's own "
+        "setting; see FastFlowDetector's n_threads)",
     )
 
 
@@ -485,6 +482,7 @@ def _run_fit(args) -> None:
         contamination=args.contamination,
         image_score=args.image_score,
         target_recall=args.target_recall,
+        n_threads=args.threads,
         random_state=args.seed,
         verbose=1,
     )
@@ -532,6 +530,7 @@ def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = ()) ->
 def _run_predict(args) -> int:
     detector = load_model(args.model)
     paths = _image_paths(args.inputs)
+    detector.set_params(n_threads=args.threads)  # this command's choice, not the one saved with the model
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     out_dir = Path(args.maps) if args.maps else None
@@ -693,6 +692,7 @@ def _print_report(report: dict, offset: float) -> None:
 
 def _run_evaluate(args) -> int:
     detector = load_model(args.model)
+    detector.set_params(n_threads=args.threads)  # this command's choice, not the one saved with the model
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     report = evaluate_folder(detector, args.mvtec_dir, args.maps)
