@@ -251,6 +251,17 @@ class _Meter:
 
 
 _meter = _Meter()
+
+
+def _new_meter_after_fork() -> None:
+    # A forked child starts its own CPU clock at zero (its window would read as a huge load)
+    # and may inherit the lock held by another thread.
+    global _meter
+    _meter = _Meter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_meter_after_fork)
 # Per calling thread: nesting depth, the automatic choice's upper limit (None when the count
 # is fixed) and the usable CPUs, both read when the outermost block starts.
 _state = threading.local()
