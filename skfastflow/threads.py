@@ -19,11 +19,14 @@ Measuring the idle cores
 From ``/proc/stat`` (Linux): the busy time of the CPUs this process may run on
 (``os.sched_getaffinity``) over a time window, minus this process's own CPU time in the
 same window (``time.process_time``, all its threads), is the other programs' share, in
-cores. No sleeping is needed while torch computes: the window between two batches
-(at least :data:`MIN_WINDOW` seconds) measures what the others did meanwhile. Only when
-the last measurement is older than :data:`MAX_AGE` seconds (a first call, or a call after
-a pause) does a call start by sleeping :data:`PROBE_SECONDS` to measure afresh: at most
-1 % of the elapsed time. A cgroup CPU quota (containers) caps the cores.
+cores. Nothing waits for a measurement: each window runs from the previous measurement
+(or this module's import) to now, at least :data:`MIN_WINDOW` seconds; over a shorter
+one the previous choice stands. After a pause between calls the window spans the pause,
+which describes a steady neighbour (a camera driver, a GUI) as well as a short one would,
+and a neighbour that started or stopped meanwhile is caught at the first batch that
+follows. Only a process's very first call, when no window of :data:`MIN_WINDOW` has
+passed since the import, sleeps :data:`PROBE_SECONDS` to measure one. A cgroup CPU quota
+(containers) caps the cores.
 
 Where ``/proc/stat`` cannot be read (macOS, Windows), torch's setting is kept: the load
 average, the portable alternative, counts this process's own threads and lags by a
@@ -66,10 +69,8 @@ import torch
 #: Shortest window (seconds) from which the idle cores are measured again; shorter gaps
 #: between batches keep the previous choice. ``/proc/stat`` counts in 10 ms ticks per CPU.
 MIN_WINDOW = 0.2
-#: A measurement older than this (seconds) is stale at the start of a call: a fresh one
-#: is taken by sleeping :data:`PROBE_SECONDS`.
-MAX_AGE = 10.0
-#: Length (seconds) of a fresh measurement.
+#: Length (seconds) of the one measurement that is waited for: a process's first call,
+#: when less than :data:`MIN_WINDOW` has passed since the import.
 PROBE_SECONDS = 0.1
 #: A core counts as free when the others leave at least ``1 - SLACK`` of it idle: an
 #: operation split across threads runs at the pace of its slowest thread, so a core half
@@ -225,26 +226,26 @@ class _Meter:
         self.start = read_cpu_sample()
         self.busy_elsewhere: float | None = None
 
-    def measure(self, *, fresh_if_stale: bool) -> float | None:
+    def measure(self, *, call_start: bool) -> float | None:
         """Cores busy elsewhere since the window's start; None when unknown or not yet due.
 
-        With ``fresh_if_stale`` (the start of a call), a window older than ``MAX_AGE``, or a
-        first one too short to read, is replaced by a fresh one of ``PROBE_SECONDS``;
-        a short window returns the last value. Without it (between batches), a short
-        window returns None: keep the current choice.
+        Over a window shorter than ``MIN_WINDOW``: at a call's start (``call_start``), the
+        last value, or when there is none yet a fresh window of ``PROBE_SECONDS``; between
+        batches, None (keep the current choice).
         """
         with self.lock:
             now = read_cpu_sample()
-            if now is None:
+            if now is None or self.start is None:
                 return None
-            age = now.wall - self.start.wall if self.start is not None else math.inf
-            if fresh_if_stale and (age > MAX_AGE or (age < MIN_WINDOW and self.busy_elsewhere is None)):
+            if now.wall - self.start.wall < MIN_WINDOW:
+                if not call_start:
+                    return None
+                if self.busy_elsewhere is not None:
+                    return self.busy_elsewhere
                 time.sleep(PROBE_SECONDS)
                 self.start, now = now, read_cpu_sample()
                 if now is None:
                     return None
-            elif age < MIN_WINDOW:
-                return self.busy_elsewhere if fresh_if_stale else None
             self.busy_elsewhere = cores_busy_elsewhere(self.start, now)
             self.start = now
             return self.busy_elsewhere
@@ -287,7 +288,7 @@ def automatic_threads(limit: int | None = None) -> int:
         ``limit`` itself where the load cannot be measured (no ``/proc/stat``).
     """
     limit = torch.get_num_threads() if limit is None else limit
-    busy_elsewhere = _meter.measure(fresh_if_stale=True)
+    busy_elsewhere = _meter.measure(call_start=True)
     return limit if busy_elsewhere is None else threads_for(busy_elsewhere, usable_cpus(), limit)
 
 
@@ -346,7 +347,7 @@ def refresh() -> None:
     limit = getattr(_state, "limit", None)
     if limit is None:
         return
-    busy_elsewhere = _meter.measure(fresh_if_stale=False)
+    busy_elsewhere = _meter.measure(call_start=False)
     if busy_elsewhere is not None:
         _set_threads(threads_for(busy_elsewhere, _state.cpus, limit))
 

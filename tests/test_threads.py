@@ -39,8 +39,8 @@ def fake_load(monkeypatch, *values):
     calls = []
     loads = iter(values)
 
-    def measure(*, fresh_if_stale):
-        calls.append(fresh_if_stale)
+    def measure(*, call_start):
+        calls.append(call_start)
         return next(loads)
 
     monkeypatch.setattr(threads._meter, "measure", measure)
@@ -113,21 +113,16 @@ class FakeClock:
 def test_meter_measures_the_window_since_its_last_reading(monkeypatch):
     clock = FakeClock(monkeypatch, [CpuSample(0.0, 0.0, 0.0), CpuSample(1.0, 1.0, 2.0), CpuSample(3.0, 3.0, 4.0)])
     meter = threads._Meter()
-    assert meter.measure(fresh_if_stale=True) == pytest.approx(1.0)  # 2 s busy, 1 s of it ours, in 1 s
-    assert meter.measure(fresh_if_stale=False) == pytest.approx(0.0)  # the next window starts where that one ended
+    assert meter.measure(call_start=True) == pytest.approx(1.0)  # 2 s busy, 1 s of it ours, in 1 s
+    assert meter.measure(call_start=False) == pytest.approx(0.0)  # the next window starts where that one ended
     assert clock.slept == []
 
 
-def test_meter_probes_afresh_when_its_window_is_stale(monkeypatch):
-    stale = threads.MAX_AGE + 1
-    clock = FakeClock(
-        monkeypatch,
-        [CpuSample(0.0, 0.0, 0.0), CpuSample(stale, 0.0, 0.0), CpuSample(stale + threads.PROBE_SECONDS, 0.0, threads.PROBE_SECONDS)],
-    )
-    meter = threads._Meter()
-    # Over the stale window the load averaged ~0; over the fresh probe one core was busy.
-    assert meter.measure(fresh_if_stale=True) == pytest.approx(1.0)
-    assert clock.slept == [threads.PROBE_SECONDS]
+def test_meter_measures_a_long_pause_without_waiting(monkeypatch):
+    # An hour since the last call, a neighbour on one core all along: no probe is needed.
+    clock = FakeClock(monkeypatch, [CpuSample(0.0, 0.0, 0.0), CpuSample(3600.0, 0.5, 3600.5)])
+    assert threads._Meter().measure(call_start=True) == pytest.approx(1.0)
+    assert clock.slept == []
 
 
 def test_meter_keeps_the_last_value_over_a_short_window(monkeypatch):
@@ -142,9 +137,9 @@ def test_meter_keeps_the_last_value_over_a_short_window(monkeypatch):
         ],
     )
     meter = threads._Meter()
-    assert meter.measure(fresh_if_stale=True) == pytest.approx(1.0)
-    assert meter.measure(fresh_if_stale=False) is None
-    assert meter.measure(fresh_if_stale=True) == pytest.approx(1.0)
+    assert meter.measure(call_start=True) == pytest.approx(1.0)
+    assert meter.measure(call_start=False) is None
+    assert meter.measure(call_start=True) == pytest.approx(1.0)
     assert clock.slept == []
 
 
@@ -153,7 +148,7 @@ def test_meter_probes_when_its_first_window_is_too_short(monkeypatch):
         monkeypatch,
         [CpuSample(0.0, 0.0, 0.0), CpuSample(0.01, 0.0, 0.0), CpuSample(0.01 + threads.PROBE_SECONDS, 0.0, 0.0)],
     )
-    assert threads._Meter().measure(fresh_if_stale=True) == pytest.approx(0.0)
+    assert threads._Meter().measure(call_start=True) == pytest.approx(0.0)
     assert clock.slept == [threads.PROBE_SECONDS]
 
 
