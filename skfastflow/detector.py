@@ -628,7 +628,7 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         self.offset_ = float(offset)
 
     @_in_torch_threads
-    def set_threshold(self, *, image_score=None, contamination=None, target_recall="unchanged", defects=None):
+    def set_threshold(self, *, image_score=None, contamination=None, target_recall="unchanged", good=None, defects=None):
         """Change the image-score rule or the operating point of a fitted detector, without retraining.
 
         Sets the given parameters (as :meth:`set_params` would) and recomputes
@@ -647,6 +647,12 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             None keeps the current one. A float is the share of good images to flag.
         target_recall : float in (0, 1] or None, default="unchanged"
             With labelled defects at fit; see the class parameters.
+        good : array-like or list, default=None
+            Good images the flows were not trained on (as ``X`` of :meth:`fit`), which
+            replace the held-out images as ``calibration_scores_``: recalibrate the
+            threshold and the p-values on images from the line as it is now (new lighting,
+            a new batch of parts) without retraining. They must not be training images,
+            whose scores are too normal.
         defects : array-like or list, default=None
             Images of defective parts (as ``X`` of :meth:`fit`) that replace the labelled
             defects given to ``fit``; they are scored, never trained on.
@@ -669,12 +675,10 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             detector.offset_ = thresholds.conformal_offset(detector.calibration_scores_, 0.05)
         """
         check_is_fitted(self)
+        if good is not None:
+            self._calibration_by_rule = self._scores_of_every_rule(good, "good")
         if defects is not None:
-            images = ImageCollection(defects, name="defects", fitted_colour_mode=self.colour_mode_)
-            scores = self._rule_scores(self.model_, images, self.device_, np.arange(len(images)), tuple(self._calibration_by_rule))
-            if not all(np.isfinite(values).all() for values in scores.values()):
-                raise FloatingPointError("The model gives non-finite scores to the defective images; check them for corrupt content.")
-            self._defect_scores_by_rule = scores
+            self._defect_scores_by_rule = self._scores_of_every_rule(defects, "defects")
         changes = {"image_score": image_score, "contamination": contamination}
         changes = {name: value for name, value in changes.items() if value is not None}
         if target_recall != "unchanged":
@@ -720,6 +724,14 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
         with torch.inference_mode():
             parts = [_scores_by_rule(self._flow_maps(model, batch, device), rules) for batch in batches_in_order(features, self.batch_size)]
         return _concatenate_by_rule(parts)
+
+    def _scores_of_every_rule(self, X, name: str) -> dict:
+        """``{rule: scores}`` of images ``X`` under every rule ``fit`` scored its calibration images with."""
+        images = ImageCollection(X, name=name, fitted_colour_mode=self.colour_mode_)
+        scores = self._rule_scores(self.model_, images, self.device_, np.arange(len(images)), tuple(self._calibration_by_rule))
+        if not all(np.isfinite(values).all() for values in scores.values()):
+            raise FloatingPointError(f"The model gives non-finite scores to the images of {name}; check them for corrupt content.")
+        return scores
 
     def _rule_scores(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray, rules=None) -> dict:
         """``{rule: scores}`` of the images at ``indices`` through the scoring path, for every candidate rule."""

@@ -397,7 +397,7 @@ def read_image_size(path) -> tuple[int, int]:
         width, height = image.size
         if image.format == "TIFF":  # Pillow turns TIFFs upright itself and gives their displayed size
             return height, width
-        orientation = _orientation(image, path, repr(path), quiet=True)  # read_image warns, not this
+        orientation = _orientation(image, path, "", quiet=True)  # read_image warns, not this
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
@@ -499,11 +499,12 @@ def image_to_array(image, *, source: str | None = None, frames: int = 1) -> np.n
     ValueError
         For pixels with no display range (see :func:`read_image`).
     """
-    name = repr(source) if source is not None else "a PIL image"
+    name = f"image file {source!r}" if source is not None else "a PIL image"
+    image.load()  # first: loading a TIFF turns it upright and drops its orientation tag
     if frames > 1 and image.format not in _SINGLE_PICTURE_FORMATS:
         _warn(
             source,
-            f"image file {name} holds {frames} frames (pages or animation); only the first is used, as a viewer "
+            f"{name} holds {frames} frames (pages or animation); only the first is used, as a viewer "
             "shows first. To inspect the others, save each frame as its own file.",
         )
     orientation = _orientation(image, source, name)
@@ -511,7 +512,7 @@ def image_to_array(image, *, source: str | None = None, frames: int = 1) -> np.n
     mode = image.mode
     if mode in ("I", "F") or mode.startswith("I;16"):
         if image.info.get("icc_profile"):
-            _warn(source, f"image file {name} embeds a colour profile, which is not applied to its {mode} pixels (lcms "
+            _warn(source, f"{name} embeds a colour profile, which is not applied to its {mode} pixels (lcms "
                   "converts 8-bit ones only); they are read as stored.")
     if mode.startswith("I;16"):
         pixels = np.asarray(image).astype(np.uint16)
@@ -558,13 +559,13 @@ def _orientation(image, source, name, quiet: bool = False) -> int:
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged EXIF blocks
         if quiet:
             return 1
-        _warn(source, f"image file {name} has an EXIF block Pillow cannot parse ({error}); it is read as stored, without "
+        _warn(source, f"{name} has an EXIF block Pillow cannot parse ({error}); it is read as stored, without "
               "orientation. Re-save it with a photo editor to repair the metadata.")
         return 1
     if value not in range(1, 9):
         if quiet:
             return 1
-        _warn(source, f"image file {name} has an EXIF orientation of {value!r}, not one of 1..8; it is read as stored.")
+        _warn(source, f"{name} has an EXIF orientation of {value!r}, not one of 1..8; it is read as stored.")
         return 1
     return int(value)
 
@@ -585,7 +586,7 @@ def _warn_about_gamma(image, source, name) -> None:
     gamma = image.info.get("gamma")
     colour_managed = "icc_profile" in image.info or "srgb" in image.info
     if gamma is not None and not colour_managed and abs(gamma - _USUAL_PNG_GAMMA) > 0.01:
-        _warn(source, f"image file {name} declares a gamma of {gamma:g} (usual: 0.4545); the gamma is ignored, as most "
+        _warn(source, f"{name} declares a gamma of {gamma:g} (usual: 0.4545); the gamma is ignored, as most "
               "viewers outside web browsers do, so the pixels are read as stored.")
 
 
@@ -594,13 +595,13 @@ def _sixteen_bit(pixels: np.ndarray, image, source, name) -> np.ndarray:
     low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
     if low < 0 or high > _SIXTEEN_BIT_RANGE:
         raise ValueError(
-            f"image file {name} holds integer pixels from {low} to {high}, beyond the 16-bit range 0..65535 that "
+            f"{name} holds integer pixels from {low} to {high}, beyond the 16-bit range 0..65535 that "
             f"images have, so there is no agreed way to show them. {_RESAVE[0].upper()}{_RESAVE[1:]} or TIFF, mapping "
             "the values you want to inspect onto 0..65535 the same way for every image."
         )
     bits = getattr(image, "tag_v2", {}).get(258)  # TIFF BitsPerSample
     if bits is not None and max(np.atleast_1d(bits)) > 16:
-        _warn(source, f"image file {name} has 32-bit integer pixels, which have no agreed display range; as they all "
+        _warn(source, f"{name} has 32-bit integer pixels, which have no agreed display range; as they all "
               "fit 0..65535 they are read as 16-bit (65535 = white). If that is not what they mean, "
               f"{_RESAVE} or TIFF.")
     return pixels.astype(np.uint16)
@@ -610,18 +611,18 @@ def _unit_float(pixels: np.ndarray, source, name) -> np.ndarray:
     """Floating-point pixels as float32 in [0, 1], refused when they are outside it."""
     if not np.isfinite(pixels).all():
         raise ValueError(
-            f"image file {name} holds NaN or infinite pixels (missing measurements). Fill them (e.g. with the "
+            f"{name} holds NaN or infinite pixels (missing measurements). Fill them (e.g. with the "
             f"surrounding values) and {_RESAVE} or TIFF, with the values you want to inspect mapped onto 0..65535."
         )
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if low < 0.0 or high > 1.0:
         raise ValueError(
-            f"image file {name} holds floating-point pixels from {low:g} to {high:g}: measurements such as "
+            f"{name} holds floating-point pixels from {low:g} to {high:g}: measurements such as "
             "heights, not brightness, and viewers disagree on how to show them. Re-save it as a 16-bit PNG or "
             "TIFF, mapping a fixed range of values (the same for every image, e.g. the part's height "
             "tolerance) onto 0..65535; a range stretched per image would hide defects."
         )
-    _warn(source, f"image file {name} holds floating-point pixels; they lie in [0, 1] and are read as brightness, "
+    _warn(source, f"{name} holds floating-point pixels; they lie in [0, 1] and are read as brightness, "
           "0 = black, 1 = white. If they are measurements, re-save it as a 16-bit PNG or TIFF with a fixed "
           "mapping onto 0..65535.")
     return pixels.astype(np.float32, copy=False)
@@ -662,7 +663,7 @@ def _eight_bit(image, source, name) -> np.ndarray:
     if grey_palette and pixels.ndim == 3:
         pixels = pixels[..., 0]
     if alpha is not None and (alpha < _EIGHT_BIT_RANGE).any():
-        _warn(source, f"image file {name} has transparent pixels; they are read as if shown over black. To choose "
+        _warn(source, f"{name} has transparent pixels; they are read as if shown over black. To choose "
               "another background, re-save it without transparency.")
         weight = alpha.astype(np.float32) / _EIGHT_BIT_RANGE
         if pixels.ndim == 3:
@@ -684,7 +685,7 @@ def _to_srgb(image, icc: bytes, source, name):
             return None if table is None else image.point(table)
         transform = _srgb_transform(icc, image.mode)
     except (OSError, ImageCms.PyCMSError, ValueError, TypeError) as error:
-        _warn(source, f"image file {name} embeds a colour profile that cannot be used ({error}); its pixels are read "
+        _warn(source, f"{name} embeds a colour profile that cannot be used ({error}); its pixels are read "
               "as sRGB. Re-save it converted to sRGB to be sure of its colours.")
         return None
     return None if transform is None else ImageCms.applyTransform(image, transform)

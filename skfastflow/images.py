@@ -363,6 +363,9 @@ def _to_rgb(tensor: torch.Tensor) -> torch.Tensor:
 def resize_maps(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """Resize maps ``(n, 1, h, w)`` back to each image's size, one interpolation per size.
 
+    Bilinear, with pixel centres at half-integers (``align_corners=False``), as the images
+    were resized to ``input_size``: each map pixel lies over its image pixel.
+
     Returns
     -------
     list of ndarray

@@ -73,9 +73,12 @@ def test_an_image_exactly_at_the_threshold_is_an_inlier(detector, data, monkeypa
     # offset_ can be a held-out score itself, flags no held-out good image).
     _, test = data
     scores = detector.score_samples(test.images[:6])
-    monkeypatch.setattr(detector, "offset_", scores[2])
-    assert detector.decision_function(test.images[:6])[2] == 0.0
-    np.testing.assert_array_equal(detector.predict(test.images[:6]), np.where(scores >= scores[2], 1, -1))
+    at_threshold = int(np.argsort(scores)[2])  # two images score lower, three higher
+    monkeypatch.setattr(detector, "offset_", scores[at_threshold])
+    assert detector.decision_function(test.images[:6])[at_threshold] == 0.0
+    expected = np.where(scores >= scores[at_threshold], 1, -1)
+    assert (expected == -1).sum() == 2
+    np.testing.assert_array_equal(detector.predict(test.images[:6]), expected, strict=True)
 
 
 def test_anomaly_maps_point_at_the_defect(detector, data):

@@ -86,6 +86,20 @@ def test_every_exif_orientation_reads_as_the_upright_picture(upright, orientatio
     np.testing.assert_array_equal(pixels, upright)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".webp"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_orientation_and_format_reads_upright(tmp_path, orientation, suffix, channels):
+    # Uncompressed TIFFs with orientation 5 to 8 come out scrambled when Pillow 13 maps the file.
+    upright = np.arange(5 * 7 * channels, dtype=np.uint8).reshape(5, 7, channels).squeeze() * 3
+    save_oriented(upright, tmp_path / f"photo{suffix}", orientation, **({"lossless": True} if suffix == ".webp" else {}))
+    pixels = read_image(tmp_path / f"photo{suffix}")
+    if suffix == ".webp" and channels == 1:
+        pixels = pixels[..., 0]  # WebP stores grey as RGB
+    np.testing.assert_array_equal(pixels, upright)
+    assert read_image_size(tmp_path / f"photo{suffix}") == (5, 7)
+
+
 def test_phone_photo_stored_sideways_has_the_displayed_shape(tmp_path):
     # The issue's photo: stored 64 wide and 48 high, Orientation=6, displayed 48 wide and 64 high.
     upright = np.zeros((64, 48, 3), np.uint8)
@@ -159,9 +173,13 @@ def test_every_mode_pillow_saves_reads_back_as_displayed(rgb, encoding):
         image.save(path, **({"lossless": True} if encoding[1] == ".webp" else {}))
         with no_warnings():
             pixels = read_image(path)
-    # A palette image displays its palette colours (computed here from the palette itself).
+    # A palette image displays its palette colours (computed here from the palette itself);
+    # it may come back grey (H, W) only when what it displays is grey.
     expected = displayed(rgb) if displayed else np.asarray(image.convert("RGB"))
     assert pixels.dtype == expected.dtype
+    if pixels.ndim == 2 and expected.ndim == 3:
+        assert (expected == expected[..., :1]).all()
+        pixels = np.dstack([pixels] * 3)
     np.testing.assert_array_equal(pixels, expected)
 
 
@@ -352,13 +370,13 @@ def test_unreadable_files_get_a_file_remedy_naming_them(tmp_path, content):
 # ----------------------------------------------------------------- masks
 
 def scratch(shape=(64, 64)):
-    """A bent 3-pixel-wide scratch, 232 pixels, as a bool mask."""
+    """A bent 3-pixel-wide scratch with a branch: 232 pixels, as a bool mask."""
     mask = np.zeros(shape, bool)
-    rows = np.arange(8, 56)
-    cols = np.rint(10 + 0.6 * (rows - 8) + 6 * np.sin(rows / 9)).astype(int)
+    rows = np.arange(64)
+    cols = np.rint(10 + 0.6 * rows + 6 * np.sin(rows / 9)).astype(int)
     for offset in (-1, 0, 1):
         mask[rows, cols + offset] = True
-    mask[30:33, 40:49] = True  # a branch
+    mask[30:34, 45:55] = True  # the branch
     return mask
 
 
@@ -366,6 +384,7 @@ def test_jpeg_mask_gives_perfect_scores_for_a_map_equal_to_the_scratch(tmp_path)
     from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 
     defect = scratch()
+    assert defect.sum() == 232
     Image.fromarray(defect.astype(np.uint8) * 255).save(tmp_path / "scratch_mask.jpg", quality=75)
     stored = np.asarray(Image.open(tmp_path / "scratch_mask.jpg"))
     assert np.count_nonzero(stored) > 2 * defect.sum()  # "non-zero = defect" would grow the scratch

@@ -48,6 +48,8 @@ def test_one_atypical_good_image_does_not_drag_the_threshold_down():
 def test_threshold_with_fewer_than_three_scores_is_their_minimum():
     assert robust_offset([0.2397, 0.1532]) == 0.1532
     assert robust_offset([0.4]) == 0.4
+    # From exactly 3 scores on, the spread rule applies: MAD 0.1 around the median 0.5.
+    assert robust_offset([0.4, 0.5, 0.6]) == pytest.approx(0.5 - norm.ppf(0.99) * 1.482602218505602 * 0.1, rel=1e-12)
 
 
 @given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), st.floats(0.001, 0.5))
@@ -180,6 +182,18 @@ def test_defects_given_after_fit_give_the_detector_fit_with_them(labelled_fit):
     assert later.image_score_ == detector.image_score_
     np.testing.assert_array_equal(later.defect_scores_, detector.defect_scores_)
     assert later.offset_ == detector.offset_
+
+
+def test_recalibrating_on_new_good_images_replaces_the_calibration_scores(labelled_fit):
+    import copy
+
+    detector, good, defects, X, y = labelled_fit
+    detector = copy.deepcopy(detector)
+    fresh = textured_images(9, seed=7)
+    detector.set_threshold(good=fresh)
+    np.testing.assert_allclose(detector.calibration_scores_, detector.score_samples(fresh), rtol=1e-6)
+    assert detector.offset_ == labelled_offset(detector.calibration_scores_, detector.defect_scores_)
+    np.testing.assert_array_equal(detector.p_values(fresh[:3]), conformal_p_values(detector.score_samples(fresh[:3]), detector.calibration_scores_))
 
 
 def test_score_reads_y_as_fit_does(labelled_fit):
