@@ -49,9 +49,9 @@ Why not OpenMP's wait policy
 ----------------------------
 ``OMP_WAIT_POLICY=passive`` (waiting threads sleep at once instead of spinning about
 3 ms) cannot be applied from here: libgomp reads it once, when torch loads it, so it
-must be in the environment before ``import torch``. It does not remove the cause either:
-every operation still waits for the thread on the shared core. ``benchmarks/contention.py``
-measures it beside the thread counts.
+must be in the environment before ``import torch``. It stops a waiting thread from
+spinning on a core that a sibling needs, but each operation still waits for the thread on
+the shared core; ``benchmarks/contention.py`` measures it beside the thread counts.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from numbers import Integral
 import threading
 import time
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 
