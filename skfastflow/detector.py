@@ -15,13 +15,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from . import __version__, persistence
 from .features import CachedFeatures, StreamedFeatures, batches_in_order
 from .heap import reuse_freed_memory
 from .images import ImageCollection, resize_maps
 from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
+from .nn.anomaly_map import scores_by_rule
 from .nn.model import as_size_pair
+from .persistence import PicklableModel
 from .threads import refresh as refresh_threads
 from .threads import torch_threads
 from .thresholds import (
@@ -64,7 +65,7 @@ def _in_torch_threads(method):
     return run
 
 
-class FastFlowDetector(OutlierMixin, BaseEstimator):
+class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
     """Unsupervised image anomaly detection and localisation with FastFlow.
 
     A frozen pretrained CNN (or vision transformer) turns each image into feature maps;
@@ -937,40 +938,14 @@ class FastFlowDetector(OutlierMixin, BaseEstimator):
             hidden_ratio=self.hidden_ratio,
         )
 
-    def __getstate__(self):
-        # A copy: object.__getstate__ returns the live __dict__, which must stay untouched.
-        state = dict(super().__getstate__())
-        if "model_" in state:
-            state["_model_state"] = persistence.model_to_state(state.pop("model_"), state.pop("_fitted_model_config"))
-            state["device_"] = str(state["device_"])
-        state["_skfastflow_version"] = __version__
-        state["_skfastflow_format"] = persistence.FORMAT_VERSION
-        return state
-
     def __setstate__(self, state):
-        persistence.check_readable(state)
-        state = dict(state)
-        del state["_skfastflow_version"], state["_skfastflow_format"]
-        model_state = state.pop("_model_state", None)
-        state.setdefault("n_threads", None)  # files of format 1 written before the parameter existed
-        super().__setstate__(state)
-        if model_state is not None:
-            self.device_ = persistence.loadable_device(self.device_)
-            self.model_ = persistence.model_from_state(model_state, self.device_)
-            self._fitted_model_config = model_state["config"]
+        # Model files of format 1 written before n_threads existed load with its default.
+        super().__setstate__({"n_threads": None, **state})
 
 
 def _scores_by_rule(maps: torch.Tensor, rules) -> dict:
-    """``{rule: image scores (n,)}`` of anomaly maps ``(n, 1, H, W)``: negated map maximum or top-fraction mean.
-
-    One sorted top-k serves every rule; the first ``k`` of its values are, in the same order,
-    what a top-k of ``k`` alone returns, so each rule's score is the same to the bit whether
-    computed alone (``score_samples``) or beside others (``fit``).
-    """
-    values = maps.flatten(1)
-    counts = {rule: 1 if rule == "max" else max(1, round(rule * values.shape[1])) for rule in rules}
-    top = values.topk(max(counts.values()), dim=1).values
-    return {rule: -top[:, :count].mean(dim=1) for rule, count in counts.items()}
+    """``{rule: image scores (n,)}`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (:func:`~skfastflow.nn.anomaly_map.scores_by_rule`)."""
+    return scores_by_rule(maps, rules, tuple(maps.shape[2:]))
 
 
 def _concatenate_by_rule(parts: list) -> dict:

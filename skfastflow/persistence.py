@@ -46,6 +46,39 @@ class ModelFileError(ValueError):
     """A model file cannot be loaded: truncated, corrupted, not a model, or from a newer version."""
 
 
+class PicklableModel:
+    """Pickling of an estimator holding a fitted ``FastflowModel`` as ``model_`` (a mixin).
+
+    ``__getstate__`` replaces ``model_`` by :func:`model_to_state` of it and records the
+    skfastflow version and the format number; ``__setstate__`` checks them
+    (:func:`check_readable`) and rebuilds the model on :func:`loadable_device` of the saved
+    ``device_``. The estimator keeps the model's constructor arguments in
+    ``_fitted_model_config`` while fitted. :func:`load` accepts the objects of such classes,
+    so this module needs no estimator class (which imports it).
+    """
+
+    def __getstate__(self):
+        # A copy: object.__getstate__ returns the live __dict__, which must stay untouched.
+        state = dict(super().__getstate__())
+        if "model_" in state:
+            state["_model_state"] = model_to_state(state.pop("model_"), state.pop("_fitted_model_config"))
+            state["device_"] = str(state["device_"])
+        state["_skfastflow_version"] = __version__
+        state["_skfastflow_format"] = FORMAT_VERSION
+        return state
+
+    def __setstate__(self, state):
+        check_readable(state)
+        state = dict(state)
+        del state["_skfastflow_version"], state["_skfastflow_format"]
+        model_state = state.pop("_model_state", None)
+        super().__setstate__(state)
+        if model_state is not None:
+            self.device_ = loadable_device(self.device_)
+            self.model_ = model_from_state(model_state, self.device_)
+            self._fitted_model_config = model_state["config"]
+
+
 def model_to_state(model, config: dict) -> dict:
     """The picklable description of a fitted ``FastflowModel``.
 
@@ -202,17 +235,44 @@ def save(detector, path) -> None:
     >>> bool(np.array_equal(load(path).score_samples(X), detector.score_samples(X)))
     True
     """
+    write_atomically(path, lambda file: joblib.dump(detector, file), "save")
+
+
+def write_atomically(path, write, verb: str = "write") -> None:
+    """Call ``write(file)`` on a new binary file next to ``path``, then rename it to ``path``.
+
+    The file is flushed to disk before the rename, so a crash or an interruption leaves
+    either the previous file at ``path`` or the complete new one, never a partial file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination; its folder must exist.
+    write : callable
+        Writes the content to the binary file object it is given.
+    verb : str, default="write"
+        What the caller does, for the error message.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the destination folder does not exist.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Cannot save to {path!r}: folder {folder!r} does not exist; create it first.")
+        raise FileNotFoundError(f"Cannot {verb} to {path!r}: folder {folder!r} does not exist; create it first.")
     # The temporary file sits next to the target so that os.replace is a same-filesystem rename.
     handle, temporary = tempfile.mkstemp(prefix=".", suffix=".partial", dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
-            joblib.dump(detector, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); give it the permissions open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -239,8 +299,6 @@ def load(path):
         When the file is truncated, corrupted, not a FastFlowDetector, or written by an
         skfastflow whose format this one cannot read.
     """
-    from .detector import FastFlowDetector  # deferred: detector imports this module
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file {path!r} does not exist; check the path.")
@@ -255,7 +313,7 @@ def load(path):
             f"Cannot load {path!r}: it is truncated, corrupted or not a skfastflow model file "
             f"({type(error).__name__}: {error}). Save the detector again."
         ) from error
-    if not isinstance(loaded, FastFlowDetector):
+    if not isinstance(loaded, PicklableModel):
         raise ModelFileError(f"{path!r} holds a {type(loaded).__name__}, not a FastFlowDetector.")
     return loaded
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .files import image_to_array
-from .images import _channels_last_rgb, _pixel_scale
+from .image_input import _channels_last_rgb, _pixel_scale
 
 # Perceptually uniform colormaps (lightness rises steadily from low to high scores),
 # given by nine evenly spaced anchor colours and interpolated linearly between them.

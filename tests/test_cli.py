@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-import skfastflow.detector as detector_module
-from skfastflow import FastFlowDetector
+from skfastflow import FastFlowDetector, persistence
 from skfastflow.cli import _input_size, load_model, main, save_model, training_images, write_mvtec_folder
 from skfastflow.datasets import load_mvtec, make_defect_images
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
@@ -229,7 +228,7 @@ def test_file_that_is_not_a_model(capsys, tmp_path):
 def test_model_file_from_another_version(capsys, tmp_path, monkeypatch, fit_run):
     detector = load_model(fit_run[1])
     with monkeypatch.context() as patch:
-        patch.setattr(detector_module, "__version__", "0.0.1")
+        patch.setattr(persistence, "__version__", "0.0.1")  # the version the pickle records
         save_model(detector, tmp_path / "old.joblib")
     status, err = error_of(capsys, "predict", tmp_path / "old.joblib", tmp_path)
     assert status == 2 and "0.0.1" in err and "refit" in err
@@ -253,10 +252,9 @@ def test_evaluate_on_a_folder_without_mvtec_layout(capsys, tmp_path, fit_run):
     assert status == 2 and "MVTec AD layout" in err
 
 
-def test_threads_option_scores_with_that_many_threads_and_restores_torch(fit_run, mvtec_dir, monkeypatch):
-    # The saved model says automatic (fit had no --threads); the command line's count wins.
-    _, model_path = fit_run
-    assert load_model(model_path).n_threads is None
+def test_threads_option_scores_with_that_many_threads_and_restores_torch(fit_run, mvtec_dir, monkeypatch, tmp_path):
+    # The command line's count wins over the one saved with the model.
+    model_path = save_model(load_model(fit_run[1]).set_params(n_threads=1), tmp_path / "one_thread.joblib")
     before = torch.get_num_threads()
     calls = []
     original = torch.set_num_threads

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from skfastflow.images import GREY_TOLERANCE, ImageCollection, resize_maps
+from skfastflow.image_input import GREY_TOLERANCE
+from skfastflow.images import ImageCollection, resize_maps
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

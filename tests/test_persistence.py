@@ -146,7 +146,6 @@ def test_file_from_a_newer_format_is_refused_with_the_version_to_install(fitted,
     path = tmp_path / "future.joblib"
     monkeypatch.setattr(persistence, "FORMAT_VERSION", persistence.FORMAT_VERSION + 1)
     monkeypatch.setattr(persistence, "__version__", "9.0.0")
-    monkeypatch.setattr(skfastflow.detector, "__version__", "9.0.0")
     save(fitted, path)
     monkeypatch.undo()
     with pytest.raises(ModelFileError, match=r"9\.0\.0.*newer.*pip install skfastflow>=9\.0\.0"):

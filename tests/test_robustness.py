@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skfastflow import FastFlowDetector
 from skfastflow import batch_scoring
-from skfastflow import images as images_module
+from skfastflow import image_input as image_input_module
 from skfastflow import persistence
 from skfastflow.cli import main
 from skfastflow.nn import FastflowLoss, FastflowModel
@@ -369,7 +369,7 @@ def write_pngs(folder, n_images, seed=8):
 def stream_probe(monkeypatch):
     """Records file reads and backbone passes, and the most decoded images alive at once."""
     probe = {"events": [], "alive": 0, "most_alive": 0}
-    original_read, original_extract = images_module.read_image, FastflowModel.extract_features
+    original_read, original_extract = image_input_module.read_image, FastflowModel.extract_features
 
     def forget():
         probe["alive"] -= 1
@@ -386,7 +386,7 @@ def stream_probe(monkeypatch):
         probe["events"].append("|")
         return original_extract(model, images)
 
-    monkeypatch.setattr(images_module, "read_image", counting_read)
+    monkeypatch.setattr(image_input_module, "read_image", counting_read)
     monkeypatch.setattr(batch_scoring, "read_image", counting_read)
     monkeypatch.setattr(FastflowModel, "extract_features", counting_extract)
     return probe

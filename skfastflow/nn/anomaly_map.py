@@ -34,3 +34,34 @@ class AnomalyMapGenerator(nn.Module):
             scale_map = F.interpolate(-probability, size=self.input_size, mode="bilinear", align_corners=False)
             anomaly_map = scale_map if anomaly_map is None else anomaly_map + scale_map
         return anomaly_map / len(hidden_variables)
+
+
+def scores_by_rule(maps: torch.Tensor, rules, input_size: tuple[int, int]) -> dict:
+    """Image scores of anomaly maps under image-score rules: the one rule, for every scorer.
+
+    Higher means more normal (scikit-learn's ``score_samples`` sign). One sorted top-k serves
+    every rule; the first ``k`` of its values are, in the same order, what a top-k of ``k``
+    alone returns, so each rule's score is the same to the bit whether computed alone
+    (``score_samples``) or beside others (``fit``).
+
+    Parameters
+    ----------
+    maps : Tensor of shape (N, 1, H, W)
+        Anomaly maps at ``input_size``, values in ``[-1, 0]``.
+    rules : iterable of "max" or float
+        ``"max"``: the map's maximum (the paper's rule); a float ``q`` in ``(0, 0.5]``: the
+        mean of the map's highest ``round(q * H * W)`` values (at least one).
+    input_size : tuple of int
+        ``(H, W)`` of the maps, given rather than read from ``maps`` so that a traced graph
+        (:mod:`skfastflow.export`) holds the numbers of top values as constants.
+
+    Returns
+    -------
+    scores : dict
+        ``{rule: Tensor (N,)}``: minus the rule's value, in ``[0, 1]``, in the maps' dtype.
+    """
+    values = maps.flatten(1)
+    n_pixels = input_size[0] * input_size[1]
+    counts = {rule: 1 if rule == "max" else max(1, round(rule * n_pixels)) for rule in rules}
+    top = values.topk(max(counts.values()), dim=1).values
+    return {rule: -top[:, :count].mean(dim=1) for rule, count in counts.items()}

@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import nn
 
+from .tracing import is_traced
+
 # Paper, Table 6: the transformer block after which features are taken.
 TRANSFORMER_BLOCK_INDEX = {
     "cait_m48_448": 40,
@@ -216,7 +218,15 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Return the feature maps of normalised ``images`` (N, 3, H, W), in passes of at most
-        as many images as ``activation_budget`` allows."""
+        as many images as ``activation_budget`` allows.
+
+        Under a tracer or an exporter (``torch.jit.trace``, ``torch.export``,
+        ``torch.onnx.export``) the batch goes through in one pass: a Python loop over its
+        images would be recorded for the traced batch size only, and the graph would then
+        return that many feature maps whatever the batch it is given.
+        """
+        if is_traced():
+            return self._features(images)
         size = tuple(images.shape[2:])
         parts = []
         if size not in self._images_per_pass:  # the first image alone measures the activations

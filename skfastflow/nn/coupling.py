@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .tracing import is_traced
+
 
 CHANNELS_LAST_BELOW = 32
 """Subnets with fewer input channels than this run their convolutions in NHWC layout."""
@@ -126,7 +128,10 @@ class AllInOneBlock(nn.Module):
         """Map ``x`` to the latent side; return ``(y, log|det J|)`` with one value per sample."""
         coupling = self._coupling(x[:, : self.split_sizes[0]])
         scale = self._scale()
-        y, log_jacobian = _AffineCoupling.apply(x, coupling, scale, self.global_offset, self.permutation, self.inverse_permutation, self.clamp)
+        if is_traced():  # the fused step writes into slices of a buffer, which exporters lose
+            y, log_jacobian = _affine_coupling_graph(x, coupling, scale, self.global_offset, self.permutation, self.clamp)
+        else:
+            y, log_jacobian = _AffineCoupling.apply(x, coupling, scale, self.global_offset, self.permutation, self.inverse_permutation, self.clamp)
         n_pixels = x.shape[2] * x.shape[3]
         return y, log_jacobian + n_pixels * torch.log(scale).sum()
 
@@ -137,6 +142,18 @@ class AllInOneBlock(nn.Module):
         logit, shift = self._coupling(x1).chunk(2, dim=1)
         log_scale = self.clamp * (2.0 * torch.sigmoid(logit) - 1.0)
         return torch.cat((x1, (x2 - shift) * torch.exp(-log_scale)), dim=1)
+
+
+def _affine_coupling_graph(x, coupling, scale, offset, permutation, clamp):
+    """:class:`_AffineCoupling`'s forward pass out of place, for graph recorders (see :mod:`.tracing`).
+
+    The same arithmetic in the same order, hence the same results up to float rounding.
+    """
+    n_passive = x.shape[1] - coupling.shape[1] // 2
+    logit, shift = coupling.to(x.dtype).chunk(2, dim=1)
+    log_scale = torch.sigmoid(logit) * (2.0 * clamp) - clamp
+    unpermuted = torch.cat((x[:, :n_passive], x[:, n_passive:] * torch.exp(log_scale) + shift), dim=1) * scale + offset
+    return torch.index_select(unpermuted, 1, permutation), log_scale.sum(dim=(1, 2, 3))
 
 
 class _AffineCoupling(torch.autograd.Function):

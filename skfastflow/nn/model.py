@@ -101,8 +101,31 @@ class FastflowModel(nn.Module):
                 )
         return shapes
 
+    def check_input(self, images: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``images`` is a batch ``(N, 3, *input_size)``.
+
+        The backbone would accept other sizes and return other feature sizes, which the
+        LayerNorms then refuse with torch's shape message, or (for some sizes) silently
+        give a map at ``input_size`` of a differently resized image.
+        """
+        expected = (3, *self.input_size)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(
+                f"FastflowModel expects a batch of normalised RGB images of shape (N, 3, {self.input_size[0]}, "
+                f"{self.input_size[1]}) (input_size={self.input_size}), got {shape}. Resize the images to "
+                f"{self.input_size[0]}x{self.input_size[1]} first (FastFlowDetector does this for any image size)."
+            )
+
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Backbone feature maps of normalised ``images`` (no gradient; cacheable across epochs)."""
+        """Backbone feature maps of normalised ``images`` ``(N, 3, *input_size)`` (no gradient; cacheable across epochs).
+
+        Raises
+        ------
+        ValueError
+            When ``images`` is not of shape ``(N, 3, *input_size)``; the message names both sizes.
+        """
+        self.check_input(images)
         with torch.no_grad():
             return self.feature_extractor(images)
 
@@ -116,7 +139,13 @@ class FastflowModel(nn.Module):
         return hidden_variables, log_jacobians
 
     def forward(self, images: torch.Tensor):
-        """Latents and log-Jacobians in training mode, else the anomaly map ``(N, 1, H, W)``."""
+        """Latents and log-Jacobians in training mode, else the anomaly map ``(N, 1, H, W)``.
+
+        ``images`` is a normalised batch ``(N, 3, *input_size)``; any other shape raises
+        ``ValueError`` naming both sizes. Traced or exported (``torch.jit.trace``,
+        ``torch.export``, ``torch.onnx.export``), the model returns one map per image for
+        every batch size (see :meth:`FeatureExtractor.forward`).
+        """
         hidden_variables, log_jacobians = self.encode(self.extract_features(images))
         if self.training:
             return hidden_variables, log_jacobians
