@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _warnings_as_messages(), grouped_image_warnings():
+            if getattr(args, "threads", None) and not _is_exported(getattr(args, "model", "")):
+                import torch
+
+                torch.set_num_threads(args.threads)
             status = args.run(args)
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in FULL_INSTALL_PACKAGES:
@@ -282,9 +286,8 @@ def _add_threads_option(command: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         default=None,
-        help="CPU threads for torch (default: one per core that other programs leave idle, at most torch's own "
-        "setting; see FastFlowDetector's n_threads), or for onnxruntime/OpenVINO with an exported model "
-        "(default: theirs)",
+        help="CPU threads for torch, or for onnxruntime/OpenVINO with an exported model (default: their choice; "
+        "1 is often faster on a busy or small machine)",
     )
 
 
@@ -445,8 +448,7 @@ def load_model(path: str | os.PathLike, n_threads: int | None = None):
         :func:`skfastflow.persistence.load`; or an exported graph (``.onnx``, ``.xml``),
         read as a :class:`skfastflow.runtime.RuntimeDetector`, which needs no torch.
     n_threads : int, default=None
-        CPU threads: of an exported graph's runtime, or the ``n_threads`` a torch model
-        file's detector scores with (None: automatic), whatever it was saved with.
+        CPU threads of an exported graph's runtime (torch's are set by :func:`main`).
 
     Returns
     -------
@@ -466,7 +468,7 @@ def load_model(path: str | os.PathLike, n_threads: int | None = None):
         return RuntimeDetector(path, n_threads=n_threads)
     from .persistence import load
 
-    return load(path).set_params(n_threads=n_threads)
+    return load(path)
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
@@ -583,7 +585,6 @@ def _run_fit(args) -> None:
         contamination=args.contamination,
         image_score=args.image_score,
         target_recall=args.target_recall,
-        n_threads=args.threads,
         random_state=args.seed,
         verbose=1,
     )
