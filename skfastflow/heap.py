@@ -23,7 +23,9 @@ import threading
 from collections.abc import Iterator
 
 # mallopt parameters and glibc's defaults for them (malloc/malloc.c).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+# glibc's upper bound for its adaptive mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit).
+_ADAPTIVE_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 _NEVER_TRIM = 2**31 - 1  # mallopt takes a C int
 
@@ -69,3 +71,25 @@ def reuse_freed_memory() -> Iterator[None]:
                 _GLIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
                 _GLIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
                 _GLIBC.malloc_trim(0)
+
+
+def raise_mmap_threshold() -> bool:
+    """Serve blocks up to 32 MiB from the heap, for the rest of the process (glibc only).
+
+    glibc raises its mmap threshold by itself, up to 32 MiB, as a program frees large
+    blocks, unless a threshold was set explicitly: dask's nanny starts every worker with
+    ``MALLOC_TRIM_THRESHOLD_`` in its environment, which freezes the mmap threshold at
+    128 KiB. Every tensor above that is then mapped afresh and unmapped on ``free``, and
+    page-faulted again at each use: torch scored at half its speed in such a worker
+    (ResNet-18, one thread: 2.8 against 5.6 images/s, ``docs/scaling.md``). This sets the
+    threshold to the 32 MiB glibc's adaptation would reach; dask's trim threshold, which
+    returns freed memory at the top of the heap to the system, is kept.
+
+    Returns
+    -------
+    bool
+        Whether it was applied (False on other C libraries).
+    """
+    if _GLIBC is None:
+        return False
+    return bool(_GLIBC.mallopt(_M_MMAP_THRESHOLD, _ADAPTIVE_MMAP_THRESHOLD_MAX))

@@ -48,7 +48,7 @@ _NANNY_VARIABLES = (
 
 
 class TorchThreads(WorkerPlugin):
-    """A worker plugin that gives torch one thread per task a dask worker runs at once.
+    """A worker plugin that gives torch one thread per task a dask worker runs at once, and its speed.
 
     A dask worker with ``nthreads`` threads runs up to ``nthreads`` tasks at once and is
     meant to use ``nthreads`` cores (``LocalCluster`` and ``dask worker`` split a machine's
@@ -56,6 +56,9 @@ class TorchThreads(WorkerPlugin):
     task, which puts ``nthreads x cores`` busy threads on a worker's ``nthreads`` cores and
     slows every task down. With this plugin each task's torch uses ``threads_per_task``
     threads, so a worker's torch uses its ``nthreads`` threads in all (with the default 1).
+    It also lets ``malloc`` reuse freed tensor memory again
+    (:func:`skfastflow.heap.raise_mmap_threshold`): dask's nanny starts workers with a
+    setting that otherwise halves torch's speed in them.
 
     Parameters
     ----------
@@ -83,7 +86,12 @@ class TorchThreads(WorkerPlugin):
     def setup(self, worker) -> None:
         import torch
 
+        from .heap import raise_mmap_threshold
+
         torch.set_num_threads(self.threads_per_task)
+        # dask's MALLOC_TRIM_THRESHOLD_ froze malloc's mmap threshold: tensors would be
+        # page-faulted afresh at every use, at half the speed.
+        raise_mmap_threshold()
 
 
 def parse_scheduler(scheduler: str) -> int | str:

@@ -5,8 +5,10 @@ two busy cores) and closed at its end. Models are tiny (timm's ``test_resnet`` w
 weights, 32-pixel images, one flow step, two epochs), so each fit takes well under a second.
 """
 
+import inspect
 import os
 import pickle
+import subprocess
 import sys
 import types
 
@@ -176,6 +178,35 @@ def test_workers_are_fresh_processes_whose_torch_uses_their_thread_count(client)
     # process's modules, so none of its running torch threads' state either.
     assert client.run(lambda: FORK_SENTINEL in sys.modules) == dict.fromkeys(nthreads, False)
     assert len(set(client.run(os.getpid).values()) | {os.getpid()}) == 3
+
+
+def _mmapped_bytes_of_a_new_1mib_block() -> int:
+    """How many bytes malloc maps afresh (rather than taking from its heap) for a 1 MiB block."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Mallinfo2
+    before = libc.mallinfo2().hblkhd
+    block = np.empty(1 << 20, dtype=np.uint8)
+    mapped = libc.mallinfo2().hblkhd - before
+    del block
+    return int(mapped)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_workers_reuse_freed_memory_despite_dasks_malloc_setting(client):
+    # dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which freezes glibc's mmap threshold
+    # at 128 KiB: a 1 MiB block is then mapped afresh (page faults at every use, half speed).
+    frozen = subprocess.run(
+        [sys.executable, "-c", f"import numpy as np\n{inspect.getsource(_mmapped_bytes_of_a_new_1mib_block)}\nprint(_mmapped_bytes_of_a_new_1mib_block())"],
+        env=dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536"), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert int(frozen.stdout) >= 1 << 20
+    # The workers of connect() take it from their heap again.
+    assert set(client.run(_mmapped_bytes_of_a_new_1mib_block).values()) == {0}
 
 
 def test_a_fitted_detector_pickles_to_the_size_of_its_weights(good_images):
