@@ -37,7 +37,7 @@ import numpy as np
 
 from . import __version__
 from .batch_scoring import score_files
-from .files import describe_skipped, grouped_image_warnings, image_suffixes, list_images, read_image, read_mask
+from .files import describe_skipped, grouped_image_warnings, image_suffixes, list_images, read_image, read_image_size, read_mask
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
@@ -168,9 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--input-size",
-        type=_input_size,
+        type=_input_size_or_aspect,
         default=detector_defaults.get("input_size"),
-        help="size images are resized to: N or HEIGHTxWIDTH (default: %(default)s)",
+        help="size images (or tiles) are resized to: N, HEIGHTxWIDTH, or aspect[:N] for the training images' "
+        "median aspect ratio with the short side N (default N: 256) (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--tile-size",
+        type=_input_size,
+        default=None,
+        help="cut images into tiles of N or HEIGHTxWIDTH pixels at their own resolution, each resized to "
+        "--input-size (equal sizes keep the native resolution): for large images with small or thin defects "
+        "(default: no tiling, whole images resized)",
+    )
+    fit.add_argument(
+        "--tile-stride",
+        type=_input_size,
+        default=None,
+        help="step between tiles, N or HEIGHTxWIDTH pixels, at most --tile-size (default: --tile-size, tiles side by side)",
     )
     fit.add_argument(
         "--epochs", type=_positive_int, default=detector_defaults.get("max_iter"), help="most training epochs (default: %(default)s)"
@@ -357,6 +372,17 @@ def _keyword_or_fraction(*keywords: str):
         return value
 
     return parse
+
+
+def _input_size_or_aspect(text: str):
+    """:func:`_input_size`, or ``"aspect[:N]"`` -> ``("aspect", N)`` (N: 256), resolved per training set."""
+    keyword, _, short_side = text.lower().partition(":")
+    if keyword == "aspect":
+        try:
+            return "aspect", _positive_int(short_side) if short_side else 256
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected aspect or aspect:N with N a positive whole number, got {text!r}") from None
+    return _input_size(text)
 
 
 def _input_size(text: str) -> int | tuple[int, int]:
@@ -577,7 +603,9 @@ def _run_fit(args) -> None:
         backbone,
         pre_trained=args.pre_trained,
         weights=weights,
-        input_size=args.input_size,
+        input_size=256 if _keeps_aspect(args.input_size) else args.input_size,
+        tile_size=args.tile_size,
+        tile_stride=args.tile_stride,
         max_iter=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
@@ -591,6 +619,7 @@ def _run_fit(args) -> None:
     if len(args.data_dirs) == 1 and args.scheduler is None:
         folder, paths = training_images(args.data_dirs[0])
         defects = _image_paths(args.defects) if args.defects else []
+        _resolve_aspect(detector, args.input_size, paths)
         print(f"Training on {len(paths)} good images from {folder}")
         if defects:
             print(f"{len(defects)} labelled defective images choose the image score and the threshold (never trained on)")
@@ -647,6 +676,7 @@ def _fit_folders(detector, args) -> None:
         for name, paths in training_sets.items():
             print(f"Training {name}")
             try:
+                _resolve_aspect(detector, args.input_size, paths, prefix=f"{name}: ")
                 print(f"{name}: model saved to {_fit_and_save(detector, paths, targets[name], prefix=f'{name}: ')}")
             except USER_ERRORS as error:
                 print(f"skfastflow: error: {name}: {error}", file=sys.stderr)
@@ -654,6 +684,13 @@ def _fit_folders(detector, args) -> None:
     else:
         from .parallel import connect, fit_each
 
+        if _keeps_aspect(args.input_size):
+            sizes = {name: _resolve_aspect(detector, args.input_size, paths, prefix=f"{name}: ") for name, paths in training_sets.items()}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(
+                    f"--input-size aspect gives different sizes per folder ({sizes}), and the cluster fits every folder "
+                    "with one configuration; fit them without --scheduler, or pass --input-size HEIGHTxWIDTH."
+                )
         with connect(args.scheduler, threads_per_task=args.threads or 1) as client:
             print(f"Training {len(training_sets)} models on {_describe_cluster(client)}")
             for result in fit_each(detector.set_params(verbose=0), training_sets, client):
@@ -674,6 +711,24 @@ def _describe_cluster(client) -> str:
     return f"{len(workers)} dask workers ({sum(worker['nthreads'] for worker in workers)} threads) at {client.scheduler.address}"
 
 
+def _keeps_aspect(input_size) -> bool:
+    return isinstance(input_size, tuple) and input_size[0] == "aspect"
+
+
+def _resolve_aspect(detector, input_size, paths, prefix: str = ""):
+    """With ``--input-size aspect[:N]``, set the detector's ``input_size`` from the median aspect of ``paths``; return it."""
+    if not _keeps_aspect(input_size):
+        return detector.input_size
+    from .tiling import aspect_input_size
+
+    sample = paths[:: max(1, len(paths) // 50)]  # at most about 50 headers to read
+    heights, widths = zip(*(read_image_size(str(path)) for path in sample))
+    size = aspect_input_size((int(np.median(heights)), int(np.median(widths))), short_side=input_size[1])
+    detector.set_params(input_size=size)
+    print(f"{prefix}Input size {size[0]}x{size[1]} (height x width): the median aspect ratio of the training images")
+    return size
+
+
 def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = (), prefix: str = "") -> Path:
     """Fit on image files (and labelled ``defects``), save, and print what a user wants to know about the run."""
     started = time.perf_counter()
@@ -683,13 +738,18 @@ def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = (), pr
     return save_model(detector, out)
 
 
+def _tiles_note(detector) -> str:
+    tiling = getattr(detector, "tiling_", None)
+    return "" if tiling is None else f" (in tiles of {tiling[0][0]}x{tiling[0][1]} px, stride {tiling[1][0]}x{tiling[1][1]})"
+
+
 def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> None:
     """Print how a fit went, and warn when its threshold is unreliable."""
     stopped = "early stop" if detector.n_iter_ < detector.max_iter else "epoch limit"
     took = f"Trained in {seconds:.0f} s: " if seconds is not None else "Trained: "
     print(
         f"{prefix}{took}{detector.n_iter_} epochs ({stopped}), "
-        f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on, "
+        f"kept epoch {detector.best_epoch_}; {detector.n_train_samples_} images trained on{_tiles_note(detector)}, "
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f} "
         f"(image score: {'max' if detector.image_score_ == 'max' else f'mean of the top {detector.image_score_:.1%}'})."
     )

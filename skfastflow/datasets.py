@@ -482,9 +482,9 @@ def _blob(canvas, rng, centre, mean_radius):
     return np.hypot(dy, dx) <= outline
 
 
-def _defect_region(defect_type, canvas, rng, layers, allowed):
-    """Draw the pixels one defect covers, as a bool (H, W) mask."""
-    side = canvas.side
+def _defect_region(defect_type, canvas, rng, layers, allowed, scale=1.0):
+    """Draw the pixels one defect covers, as a bool (H, W) mask; ``scale`` shrinks the defect."""
+    side = canvas.side * scale
     candidates = np.flatnonzero(allowed)
     centre = np.array(np.unravel_index(rng.choice(candidates), canvas.shape), dtype=float)
     if defect_type == "scratch":
@@ -561,6 +561,7 @@ def make_defect_images(
     defect_fraction=0.5,
     defect_types=_DEFECT_TYPES,
     grey=False,
+    defect_scale=1.0,
     random_state=None,
 ):
     """Generate a synthetic visual-inspection data set with exact defect masks.
@@ -601,6 +602,12 @@ def make_defect_images(
     grey : bool, default=False
         If True, return grey (N, H, W) images (BT.601 luminance) instead of
         colour (N, H, W, 3) images.
+    defect_scale : float in (0, 1], default=1.0
+        Size of the defects relative to the defaults above (length, width
+        and radius alike). A large image with ``defect_scale=0.25`` has
+        the thin scratches (a few pixels wide) and small spots of real
+        high-resolution inspection images, which resizing the whole image
+        to a backbone's input blurs away.
     random_state : int, RandomState instance or None, default=None
         Seed for reproducible output. The good appearance of each image
         depends only on ``random_state``, ``n_samples``, ``image_size``,
@@ -638,6 +645,8 @@ def make_defect_images(
     shape, defect_types = _check_make_params(
         n_samples, image_size, kind, defect_fraction, defect_types, grey
     )
+    if not (isinstance(defect_scale, Real) and 0 < defect_scale <= 1):
+        raise ValueError(f"defect_scale must be a number in (0, 1], got {defect_scale!r}.")
     random_state = check_random_state(random_state)
     # Two independent streams: one for the good appearance, one for the
     # defects, so that the defect settings never change how the good images look.
@@ -665,10 +674,10 @@ def make_defect_images(
             # On a part, defects go on solid metal; on a texture, away from the border.
             allowed = layers["coverage"] >= 1.0 if "coverage" in layers else inner
             for _ in range(_MAX_REDRAWS):
-                region = _defect_region(defect_type[index], canvas, defect_rng, layers, allowed)
+                region = _defect_region(defect_type[index], canvas, defect_rng, layers, allowed, defect_scale)
                 if kind == "object" and defect_type[index] != "missing":
                     region &= allowed
-                if region.sum() >= _MIN_DEFECT_AREA * canvas.side**2:
+                if region.sum() >= _MIN_DEFECT_AREA * (defect_scale * canvas.side) ** 2:
                     break
             _apply_defect(defect_type[index], image, region, defect_rng, layers)
             images[index] = _to_uint8(image, grey)

@@ -16,12 +16,13 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from .features import CachedFeatures, StreamedFeatures, batches_in_order
 from .heap import reuse_freed_memory
-from .images import ImageCollection, resize_maps
+from .images import ImageBatch, ImageCollection, TileView, resize_maps
 from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
 from .nn.anomaly_map import scores_by_rule
 from .nn.model import as_size_pair
 from .persistence import PicklableModel
+from .tiling import MapStitcher, check_tiling, stitched_scores
 from .thresholds import (
     AUTO_FALSE_ALARM_RATE,
     DEFAULT_IMAGE_SCORE,
@@ -72,7 +73,23 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         Local file with the backbone's weights (timm state-dict naming, or the same tensors
         in timm's order), for machines without internet.
     input_size : int or tuple of int, default=256
-        (height, width) to which every image is resized before the backbone.
+        (height, width) to which every image (or every tile, with ``tile_size``) is resized
+        before the backbone. For non-square images,
+        :func:`skfastflow.tiling.aspect_input_size` gives one that keeps their aspect ratio.
+    tile_size : int, tuple of int or None, default=None
+        Cut images into tiles of this (height, width) in pixels of the image's own
+        resolution, and resize each tile, not the image, to ``input_size``: ``tile_size =
+        input_size`` keeps the native resolution, so defects a few pixels wide survive in
+        large images. The flows train on the tiles of the good images; scoring stitches the
+        tiles' maps back to the image's size (:mod:`skfastflow.tiling`, averaged where
+        tiles overlap) and takes the image score over the stitched map. One flow serves
+        every tile position. None: no tiling, each image is resized whole. Costs about as
+        many times the compute as an image has tiles; ``docs/quality.md`` (*Tiling*) says
+        when it pays.
+    tile_stride : int, tuple of int or None, default=None
+        Step between tiles in pixels, at most ``tile_size``; None: ``tile_size`` (tiles
+        side by side, the last row and column flush with the image's edge). A smaller
+        stride overlaps tiles: smoother maps, more compute.
     flow_steps : int, default=8
         Coupling blocks per flow.
     conv3x3_only : bool, default=False
@@ -207,6 +224,9 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         Device the model runs on.
     image_score_ : "max" or float
         The image-score rule in effect (``image_score`` with ``"auto"`` resolved).
+    tiling_ : ((int, int), (int, int)) or None
+        Tile size and stride the flows were trained with and that scoring uses
+        (``tile_size``, ``tile_stride`` as (height, width) pairs); None without tiling.
     calibration_scores_ : ndarray of shape (n_validation_samples_,), dtype float64
         Scores (``image_score_``) of the held-out good images, which set ``offset_``; of the
         training images without ``early_stopping``. :meth:`p_values` compares new scores with
@@ -261,6 +281,8 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         "pre_trained": ["boolean"],
         "weights": [str, os.PathLike, None],
         "input_size": [Interval(Integral, 1, None, closed="left"), tuple],
+        "tile_size": [Interval(Integral, 1, None, closed="left"), tuple, None],
+        "tile_stride": [Interval(Integral, 1, None, closed="left"), tuple, None],
         "flow_steps": [Interval(Integral, 1, None, closed="left")],
         "conv3x3_only": ["boolean"],
         "hidden_ratio": [Interval(Real, 0, None, closed="neither")],
@@ -290,6 +312,8 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         pre_trained=True,
         weights=None,
         input_size=256,
+        tile_size=None,
+        tile_stride=None,
         flow_steps=8,
         conv3x3_only=False,
         hidden_ratio=1.0,
@@ -315,6 +339,8 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         self.pre_trained = pre_trained
         self.weights = weights
         self.input_size = input_size
+        self.tile_size = tile_size
+        self.tile_stride = tile_stride
         self.flow_steps = flow_steps
         self.conv3x3_only = conv3x3_only
         self.hidden_ratio = hidden_ratio
@@ -377,6 +403,7 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         error or a ``KeyboardInterrupt`` leaves a previously fitted detector unchanged.
         """
         input_size = self._check_input_size()
+        tiling = check_tiling(self.tile_size, self.tile_stride)
         images = ImageCollection(X)
         inliers, outliers = self._labelled_indices(y, len(images))
         device = resolve_device(self.device)
@@ -404,9 +431,9 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
                 "are resized to it)."
             )
         model.to(device)
-        train_features = self._feature_source(model, images, train_indices, device)
+        train_features = self._feature_source(model, *_training_items(images, train_indices, tiling), device)
         validation_features = (
-            CachedFeatures(StreamedFeatures(model, images, validation_indices, device), self.batch_size)
+            CachedFeatures(StreamedFeatures(model, *_training_items(images, validation_indices, tiling), device), self.batch_size)
             if self.early_stopping
             else None
         )
@@ -420,8 +447,8 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
             threshold_indices, threshold_features = train_indices, train_features
         else:
             threshold_indices, threshold_features = validation_indices, validation_features
-        calibration = self._threshold_scores(model, images, threshold_indices, threshold_features, device)
-        defect_scores = self._rule_scores(model, images, device, outliers) if len(outliers) else None
+        calibration = self._threshold_scores(model, images, threshold_indices, threshold_features, device, tiling)
+        defect_scores = self._rule_scores(model, images, device, outliers, tiling=tiling) if len(outliers) else None
         if not all(np.isfinite(scores).all() for scores in calibration.values()):
             # A model that scores NaN would silently call every image an inlier.
             raise FloatingPointError(
@@ -430,6 +457,7 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
             )
         self.model_ = model
         self._fitted_model_config = self._model_config(input_size)
+        self.tiling_ = tiling
         self.device_ = device
         self.loss_curve_ = history["loss_curve"]
         self.loss_per_dimension_curve_ = history["loss_per_dimension_curve"]
@@ -673,7 +701,7 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
                 values.append((-negative_log_likelihood / dimensions - 0.5 * _LOG_2PI).double().cpu().numpy())
         return np.concatenate(values)
 
-    def _threshold_scores(self, model: FastflowModel, images: ImageCollection, indices: np.ndarray, features, device: torch.device) -> dict:
+    def _threshold_scores(self, model: FastflowModel, images: ImageCollection, indices: np.ndarray, features, device: torch.device, tiling) -> dict:
         """``{rule: scores}`` of the good images that set ``offset_``, exactly as :meth:`score_samples` gives them.
 
         ``features`` holds those images' backbone features (in the same order). A float32
@@ -681,10 +709,11 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         the flows run on them when they are exact; a bfloat16 backbone rounds differently
         and a float16 cache is rounded, so then the images take the scoring path itself
         (one more backbone pass over them), lest a good image score differently in ``fit``
-        than in :meth:`score_samples`.
+        than in :meth:`score_samples`. With tiling, ``features`` are the tiles' and the
+        images' scores come from their stitched maps: the scoring path too.
         """
-        if _backbone_precision(self.inference_precision) == "bfloat16" or not features.exact:
-            return self._rule_scores(model, images, device, indices)
+        if tiling is not None or _backbone_precision(self.inference_precision) == "bfloat16" or not features.exact:
+            return self._rule_scores(model, images, device, indices, tiling=tiling)
         rules = self._candidate_rules()
         with torch.inference_mode():
             parts = [_scores_by_rule(self._flow_maps(model, batch, device), rules) for batch in batches_in_order(features, self.batch_size)]
@@ -693,33 +722,64 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
     def _scores_of_every_rule(self, X, name: str) -> dict:
         """``{rule: scores}`` of images ``X`` under every rule ``fit`` scored its calibration images with."""
         images = ImageCollection(X, name=name, fitted_colour_mode=self.colour_mode_)
-        scores = self._rule_scores(self.model_, images, self.device_, np.arange(len(images)), tuple(self._calibration_by_rule))
+        scores = self._rule_scores(self.model_, images, self.device_, np.arange(len(images)), tuple(self._calibration_by_rule), self.tiling_)
         if not all(np.isfinite(values).all() for values in scores.values()):
             raise FloatingPointError(f"The model gives non-finite scores to the images of {name}; check them for corrupt content.")
         return scores
 
-    def _rule_scores(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray, rules=None) -> dict:
+    def _rule_scores(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray, rules=None, tiling=None) -> dict:
         """``{rule: scores}`` of the images at ``indices`` through the scoring path, for every candidate rule."""
         rules = self._candidate_rules() if rules is None else rules
-        return _concatenate_by_rule([_scores_by_rule(maps, rules) for _, maps in self._image_maps(model, images, device, indices)])
+        return _concatenate_by_rule([_scores_by_rule(maps, rules) for _, maps in self._image_maps(model, images, device, indices, tiling)])
 
-    def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """``score_samples`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (``image_score_``): the one rule."""
+    def _image_scores(self, maps) -> torch.Tensor:
+        """``score_samples`` of anomaly maps (see :meth:`_image_maps`) under ``image_score_``: the one rule."""
         return _scores_by_rule(maps, (self.image_score_,))[self.image_score_]
 
     def _anomaly_maps(self, X):
-        """Iterator of ``(ImageBatch, maps (n, 1, H, W))`` of ``X``, batch by batch at ``input_size``."""
+        """Iterator of ``(ImageBatch, maps)`` of ``X`` (see :meth:`_image_maps`)."""
         check_is_fitted(self)
-        return self._image_maps(self.model_, ImageCollection(X, fitted_colour_mode=self.colour_mode_), self.device_)
+        images = ImageCollection(X, fitted_colour_mode=self.colour_mode_)
+        return self._image_maps(self.model_, images, self.device_, tiling=self.tiling_)
 
-    def _image_maps(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray | None = None):
-        """Yield ``(ImageBatch, maps (n, 1, H, W))`` of ``images`` (or of those at ``indices``): the one scorer."""
+    def _image_maps(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray | None = None, tiling=None):
+        """Yield ``(ImageBatch, maps)`` of ``images`` (or of those at ``indices``): the one scorer.
+
+        Without tiling, ``maps`` is a tensor ``(n, 1, *input_size)`` of the batch's images;
+        with tiling, a list holding the stitched map ``(H, W)`` (float32 ndarray, the image's
+        own size) of the one image of the batch.
+        """
+        if tiling is not None:
+            yield from self._stitched_maps(model, images, device, indices, tiling)
+            return
         extractor = model.feature_extractor
         with torch.inference_mode():
             for batch in images.batches(self.batch_size, model.input_size, extractor.mean, extractor.std, indices=indices):
-                with _autocast(_backbone_precision(self.inference_precision), device):  # never yield inside: autocast is global state
-                    features = model.extract_features(batch.tensor.to(device))
-                yield batch, self._flow_maps(model, features, device)
+                yield batch, self._tensor_maps(model, batch.tensor, device)
+
+    def _tensor_maps(self, model: FastflowModel, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Anomaly maps ``(n, 1, *input_size)`` of normalised images (or tiles) ``(n, 3, *input_size)``."""
+        with _autocast(_backbone_precision(self.inference_precision), device):  # never yield inside: autocast is global state
+            features = model.extract_features(tensor.to(device))
+        return self._flow_maps(model, features, device)
+
+    def _stitched_maps(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices, tiling):
+        """Yield ``(ImageBatch of one image, [stitched map])`` image by image, tiles scored ``batch_size`` at a time."""
+        extractor = model.feature_extractor
+        stitchers, remaining, grey = {}, {}, {}
+        with torch.inference_mode():
+            for batch in images.tile_batches(self.batch_size, model.input_size, extractor.mean, extractor.std, tiling, indices=indices):
+                for index, size, is_grey, n_tiles in batch.images:
+                    stitchers[index], remaining[index], grey[index] = MapStitcher(size), n_tiles, is_grey
+                maps = self._tensor_maps(model, batch.tensor, device)
+                box_sizes = [(box.height, box.width) for box in batch.boxes]
+                for index, box, tile_map in zip(batch.owners.tolist(), batch.boxes, resize_maps(maps, box_sizes)):
+                    stitchers[index].add(tile_map, box)
+                    remaining[index] -= 1
+                    if remaining[index] == 0:
+                        stitched = stitchers.pop(index).result()
+                        single = ImageBatch(np.array([index]), None, [stitched.shape], np.array([grey.pop(index)]))
+                        yield single, [stitched]
 
     def _flow_maps(self, model: FastflowModel, features: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         """Anomaly maps ``(n, 1, H, W)`` of backbone features, the flows' convolutions in ``inference_precision``."""
@@ -809,7 +869,7 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         """
         maps, scores = [], []
         for batch, batch_maps in self._anomaly_maps(X):
-            maps.extend(resize_maps(batch_maps, batch.original_sizes))
+            maps.extend(batch_maps if isinstance(batch_maps, list) else resize_maps(batch_maps, batch.original_sizes))
             if return_scores:
                 scores.append(self._image_scores(batch_maps))
         if len({m.shape for m in maps}) == 1:
@@ -867,7 +927,7 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         images = ImageCollection(X, fitted_colour_mode=self.colour_mode_)
         inliers, _ = self._labelled_indices(y, len(images))
-        features = StreamedFeatures(self.model_, images, inliers, self.device_)
+        features = StreamedFeatures(self.model_, *_training_items(images, inliers, self.tiling_), self.device_)
         return float(np.mean(self._log_likelihoods(self.model_, features)))
 
     # ------------------------------------------------------------------ scikit-learn hooks
@@ -885,6 +945,12 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
 
+    def __setstate__(self, state):
+        # Detectors saved before tiling existed scored whole images.
+        if "_model_state" in state and "tiling_" not in state:
+            state = {**state, "tiling_": None}
+        super().__setstate__(state)
+
     def _model_config(self, input_size: tuple[int, int]) -> dict:
         """What rebuilds the fitted model's architecture (see :mod:`skfastflow.persistence`)."""
         return dict(
@@ -896,9 +962,22 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         )
 
 
-def _scores_by_rule(maps: torch.Tensor, rules) -> dict:
-    """``{rule: image scores (n,)}`` of anomaly maps ``(n, 1, H, W)`` at ``input_size`` (:func:`~skfastflow.nn.anomaly_map.scores_by_rule`)."""
+def _scores_by_rule(maps, rules) -> dict:
+    """``{rule: image scores (n,)}`` of anomaly maps: a tensor ``(n, 1, H, W)`` at ``input_size``
+    (:func:`~skfastflow.nn.anomaly_map.scores_by_rule`), or a list of stitched maps
+    (:func:`~skfastflow.tiling.stitched_scores`, which the runtime detector applies too)."""
+    if isinstance(maps, list):
+        per_map = [stitched_scores(stitched, rules) for stitched in maps]
+        return {rule: torch.tensor([scores[rule] for scores in per_map], dtype=torch.float64) for rule in rules}
     return scores_by_rule(maps, rules, tuple(maps.shape[2:]))
+
+
+def _training_items(images: ImageCollection, indices: np.ndarray, tiling):
+    """``(items, positions)`` whose backbone features the flows train on: the images at ``indices``, or their tiles."""
+    if tiling is None:
+        return images, indices
+    tiles = TileView(images, indices, tiling)
+    return tiles, np.arange(len(tiles))
 
 
 def _concatenate_by_rule(parts: list) -> dict:

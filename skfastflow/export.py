@@ -96,7 +96,8 @@ def export_metadata(detector) -> dict:
         ``offset`` (``offset_``), ``colour_mode`` (``colour_mode_``), ``batch_size``, and
         ``calibration_scores``: the held-out good images' scores (the detector's
         ``calibration_scores_``, for conformal p-values), or None when it has none
-        (a detector pickled before skfastflow kept them).
+        (a detector pickled before skfastflow kept them), and ``tiling``: the detector's
+        ``tiling_`` as ``[[tile_h, tile_w], [stride_h, stride_w]]``, or None.
     """
     check_is_fitted(detector)
     model = detector.model_
@@ -114,7 +115,14 @@ def export_metadata(detector) -> dict:
         "colour_mode": detector.colour_mode_,
         "batch_size": int(detector.batch_size),
         "calibration_scores": None if calibration is None else [float(score) for score in calibration],
+        "tiling": _tiling_of(detector),
     }
+
+
+def _tiling_of(detector):
+    # Detectors pickled before tiling existed have no tiling_: they resize whole images.
+    tiling = getattr(detector, "tiling_", None)
+    return None if tiling is None else [list(tiling[0]), list(tiling[1])]
 
 
 def export_onnx(detector, path, *, opset: int = 17) -> Path:

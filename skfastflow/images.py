@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from .image_input import ImageInput
+from .tiling import TileBox, tile_boxes
 
 
 @dataclass
@@ -29,6 +30,21 @@ class ImageBatch:
     tensor: torch.Tensor  # (n, 3, H, W) float32, normalised
     original_sizes: list[tuple[int, int]]
     is_grey: np.ndarray  # (n,) bool
+
+
+@dataclass
+class TileBatch:
+    """A batch of backbone-ready tiles, cut from one or more images in order.
+
+    ``images`` lists the images whose first tile is in this batch, as ``(index, size,
+    is_grey, n_tiles)``: a consumer knows an image is complete when it has seen its
+    ``n_tiles`` tiles.
+    """
+
+    tensor: torch.Tensor  # (n, 3, H, W) float32, normalised tiles at input_size
+    owners: np.ndarray  # (n,) index of each tile's image
+    boxes: list[TileBox]
+    images: list[tuple[int, tuple[int, int], bool, int]]
 
 
 class ImageCollection(ImageInput):
@@ -59,6 +75,42 @@ class ImageCollection(ImageInput):
             self.check_colour(batch_indices, is_grey)
             yield ImageBatch(batch_indices, (tensor - mean_tensor) / std_tensor, sizes, is_grey)
 
+    def tile_batches(
+        self,
+        batch_size: int,
+        input_size: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        tiling: tuple[tuple[int, int], tuple[int, int]],
+        indices: np.ndarray | None = None,
+    ) -> Iterator[TileBatch]:
+        """Yield batches of at most ``batch_size`` tiles ``(n, 3, *input_size)``, image after image.
+
+        Each image is read once and cut by :func:`skfastflow.tiling.tile_boxes` at its own
+        resolution; each tile is resized to ``input_size`` (antialiased bilinear, as whole
+        images are), grey repeated to RGB, normalised. Only one image exists as
+        full-resolution floats at any moment, and at most ``batch_size`` tiles.
+        """
+        indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        tiles, owners, boxes, started = [], [], [], []
+        for index in indices:
+            image, grey = self.load(int(index))
+            self.check_colour(np.array([index]), np.array([grey]))
+            pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+            image_boxes = tile_boxes(image.shape[:2], *tiling)
+            started.append((int(index), image.shape[:2], grey, len(image_boxes)))
+            for box in image_boxes:
+                tiles.append(_tile(pixels, box, input_size))
+                owners.append(int(index))
+                boxes.append(box)
+                if len(tiles) == batch_size:
+                    yield TileBatch((torch.cat(tiles) - mean_tensor) / std_tensor, np.array(owners), boxes, started)
+                    tiles, owners, boxes, started = [], [], [], []
+        if tiles:
+            yield TileBatch((torch.cat(tiles) - mean_tensor) / std_tensor, np.array(owners), boxes, started)
+
     def _read_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
         """Images at ``batch_indices`` resized to ``input_size`` (n, 3, H, W), their sizes and grey flags.
 
@@ -76,6 +128,75 @@ class ImageCollection(ImageInput):
         """Image ``index``: its size, whether it is grey, and it as RGB ``(1, 3, *input_size)``."""
         image, grey = self.load(index)
         return image.shape[:2], grey, _to_rgb(_resize(torch.from_numpy(image).permute(2, 0, 1)[None], input_size))
+
+
+class TileView:
+    """The tiles of some images of a collection, as the items that training batches.
+
+    Offers :meth:`ImageCollection.batches` over tiles instead of images, for
+    :class:`~skfastflow.features.StreamedFeatures` and the feature cache. Building it
+    reads each image once (for its size, and to record its colour); batches of tiles
+    read their images again, one at a time, and keep the last one read, so consecutive
+    tiles of an image (the cache fills in order) cost one read.
+
+    Parameters
+    ----------
+    images : ImageCollection
+    indices : array of int
+        The images whose tiles are served, in this order.
+    tiling : ((int, int), (int, int))
+        Tile size and stride (:func:`skfastflow.tiling.check_tiling`).
+
+    Attributes
+    ----------
+    n_images : int
+        Number of tiles (the items served).
+    owners : ndarray of int
+        Image of each tile.
+    """
+
+    def __init__(self, images: ImageCollection, indices: np.ndarray, tiling) -> None:
+        self.images = images
+        owners, self.boxes = [], []
+        for index in np.asarray(indices):
+            image, grey = images.load(int(index))
+            images.check_colour(np.array([index]), np.array([grey]))
+            for box in tile_boxes(image.shape[:2], *tiling):
+                owners.append(int(index))
+                self.boxes.append(box)
+        self.owners = np.array(owners, dtype=np.int64)
+        self.n_images = len(self.owners)
+        self._last: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def positions_of(self, image_indices: np.ndarray) -> np.ndarray:
+        """Positions of the tiles of the given images (in this view's order)."""
+        return np.flatnonzero(np.isin(self.owners, image_indices))
+
+    def batches(self, batch_size: int, input_size, mean, std, indices: np.ndarray | None = None) -> Iterator[ImageBatch]:
+        """Yield normalised tiles ``(n, 3, *input_size)``, ``batch_size`` at a time (``indices``: tile positions)."""
+        indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        for start in range(0, len(indices), batch_size):
+            positions = indices[start : start + batch_size]
+            tensor = torch.cat([_tile(self._pixels(int(self.owners[p])), self.boxes[p], input_size) for p in positions])
+            sizes = [(self.boxes[p].height, self.boxes[p].width) for p in positions]
+            yield ImageBatch(positions, (tensor - mean_tensor) / std_tensor, sizes, np.zeros(len(positions), dtype=bool))
+
+    def _pixels(self, index: int) -> torch.Tensor:
+        if self._last is None or self._last[0] != index:
+            image, _ = self.images.load(index)
+            self._last = (index, torch.from_numpy(image).permute(2, 0, 1)[None])
+        return self._last[1]
+
+
+def _tile(pixels: torch.Tensor, box: TileBox, input_size: tuple[int, int]) -> torch.Tensor:
+    """The tile at ``box`` of an image ``(1, C, H, W)``, resized to ``input_size``, as RGB ``(1, 3, *input_size)``."""
+    crop = pixels[:, :, box.top : box.top + box.height, box.left : box.left + box.width]
+    return _to_rgb(_resize(crop, input_size))
 
 
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -33,6 +33,7 @@ from PIL import Image
 from . import __version__
 from .image_input import ImageInput
 from .thresholds import conformal_p_values
+from .tiling import MapStitcher, stitched_scores, tile_boxes
 
 #: Layout of the metadata the exporter writes; files with a larger number are refused.
 METADATA_FORMAT = 1
@@ -63,7 +64,12 @@ class RuntimeDetector:
     input_size_ : tuple of int
         ``(height, width)`` images are resized to.
     image_score_ : "max" or float
-        The exported detector's ``image_score`` rule (applied inside the graph).
+        The exported detector's ``image_score`` rule (applied inside the graph; with
+        tiling, to the stitched map).
+    tiling_ : ((int, int), (int, int)) or None
+        The exported detector's tile size and stride (its ``tiling_``): images are cut,
+        scored tile by tile and stitched as the torch detector does
+        (:mod:`skfastflow.tiling`); None: whole images.
     colour_mode_ : {"grey", "colour", "mixed"}
         Colour of the training images, which sets the colour check (as the torch detector's).
     calibration_scores_ : ndarray of shape (n_calibration,) or None
@@ -102,6 +108,8 @@ class RuntimeDetector:
         self.input_size_ = tuple(int(side) for side in self.metadata_["input_size"])
         self.image_score_ = self.metadata_["image_score"]
         self.colour_mode_ = self.metadata_["colour_mode"]
+        tiling = self.metadata_.get("tiling")
+        self.tiling_ = None if tiling is None else tuple(tuple(int(side) for side in pair) for pair in tiling)
         calibration = self.metadata_.get("calibration_scores")
         self.calibration_scores_ = None if calibration is None else np.asarray(calibration, dtype=np.float64)
         self.batch_size = int(self.metadata_["batch_size"]) if batch_size is None else batch_size
@@ -166,10 +174,52 @@ class RuntimeDetector:
         return image.shape[:2], grey, _to_graph_input(image, self.input_size_)
 
     def _batches(self, X):
-        """Yield ``(original sizes, maps (n, H, W) at input_size, scores (n,) float32)`` batch by batch."""
+        """Yield ``(original sizes, maps, scores (n,))`` batch by batch.
+
+        Maps are ``(n, H, W)`` at ``input_size`` for whole images; with tiling, a list of
+        the stitched maps at the images' own sizes.
+        """
+        if self.tiling_ is not None:
+            yield from self._stitched_batches(X)
+            return
         for sizes, batch in self._graph_batches(X):
             maps, scores = self._run(batch)
             yield sizes, maps, scores
+
+    def _stitched_batches(self, X):
+        """Yield ``([size], [stitched map], score (1,))`` image by image, tiles run ``batch_size`` at a time.
+
+        As the torch detector: each image cut by :func:`~skfastflow.tiling.tile_boxes`, each
+        tile resized to ``input_size``, the tiles' maps returned to their boxes' sizes and
+        stitched, the image score taken over the stitched map.
+        """
+        images = ImageInput(X, fitted_colour_mode=self.colour_mode_)
+        pending: list[tuple[int, object, np.ndarray]] = []  # (image, box, graph input) not yet run
+        stitchers, remaining = {}, {}
+
+        def run_pending():
+            maps, _ = self._run(np.stack([tile for _, _, tile in pending]))
+            for (index, box, _), tile_map in zip(pending, maps):
+                stitchers[index].add(resize_map(tile_map, (box.height, box.width)), box)
+                remaining[index] -= 1
+                if remaining[index] == 0:
+                    stitched = stitchers.pop(index).result()
+                    score = stitched_scores(stitched, (self.image_score_,))[self.image_score_]
+                    yield [stitched.shape], [stitched], np.array([score])
+            pending.clear()
+
+        for index in range(len(images)):
+            image, grey = images.load(index)
+            images.check_colour(np.array([index]), np.array([grey]))
+            boxes = tile_boxes(image.shape[:2], *self.tiling_)
+            stitchers[index], remaining[index] = MapStitcher(image.shape[:2]), len(boxes)
+            for box in boxes:
+                crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
+                pending.append((index, box, _to_graph_input(crop, self.input_size_)))
+                if len(pending) == self.batch_size:
+                    yield from run_pending()
+        if pending:
+            yield from run_pending()
 
     def score_samples(self, X) -> np.ndarray:
         """Image scores under the exported ``image_score`` rule; lower means more abnormal.

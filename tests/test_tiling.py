@@ -1,0 +1,243 @@
+"""Tiling: where tiles lie, how their maps are stitched, and the detector, runtime and CLI that use them."""
+
+import csv
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from skfastflow import FastFlowDetector
+from skfastflow.cli import main
+from skfastflow.export import export_onnx
+from skfastflow.files import ImageWarning
+from skfastflow.persistence import load, save
+from skfastflow.runtime import RuntimeDetector
+from skfastflow.tiling import TileBox, aspect_input_size, check_tiling, stitch, stitched_scores, tile_boxes, tile_count
+
+sides = st.integers(1, 700)
+tiles = st.integers(1, 300)
+
+
+@given(height=sides, width=sides, tile_h=tiles, tile_w=tiles, data=st.data())
+def test_tiles_lie_inside_the_image_and_cover_every_pixel(height, width, tile_h, tile_w, data):
+    stride = (data.draw(st.integers(1, tile_h)), data.draw(st.integers(1, tile_w)))
+    boxes = tile_boxes((height, width), (tile_h, tile_w), stride)
+    covered = np.zeros((height, width), dtype=int)
+    for box in boxes:
+        assert box.top >= 0 and box.left >= 0 and box.top + box.height <= height and box.left + box.width <= width
+        assert (box.height, box.width) == (min(tile_h, height), min(tile_w, width))
+        covered[box.top : box.top + box.height, box.left : box.left + box.width] += 1
+    assert covered.min() >= 1
+    assert len(boxes) == tile_count((height, width), (tile_h, tile_w), stride)
+    # Consecutive starts never step more than the stride: the ragged last tile is flush with the edge.
+    tops = sorted({box.top for box in boxes})
+    assert all(0 < later - earlier <= stride[0] for earlier, later in zip(tops, tops[1:]))
+
+
+def test_tile_layout_of_a_ragged_wide_image():
+    boxes = tile_boxes((460, 1130), (256, 256), (256, 256))
+    assert sorted({box.top for box in boxes}) == [0, 204]
+    assert sorted({box.left for box in boxes}) == [0, 256, 512, 768, 874]
+    # Smaller than a tile along an axis: one tile spans it.
+    assert tile_boxes((100, 90), (256, 256), (128, 128)) == [TileBox(0, 0, 100, 90)]
+
+
+@given(
+    height=st.integers(1, 120), width=st.integers(1, 120), tile=st.integers(4, 64), stride_share=st.floats(0.25, 1.0), seed=st.integers(0, 99)
+)
+def test_stitching_crops_of_one_map_gives_that_map_back(height, width, tile, stride_share, seed):
+    """Tiles that agree where they overlap stitch into exactly the map they were cut from: no seams."""
+    whole = np.random.default_rng(seed).random((height, width))
+    stride = max(1, int(tile * stride_share))
+    boxes = tile_boxes((height, width), (tile, tile), (stride, stride))
+    crops = [whole[b.top : b.top + b.height, b.left : b.left + b.width] for b in boxes]
+    np.testing.assert_allclose(stitch(crops, boxes, (height, width)), whole, rtol=1e-6, atol=1e-7)
+
+
+def test_overlapping_tiles_blend_towards_each_tiles_middle():
+    boxes = tile_boxes((1, 8), (1, 6), (1, 2))  # two tiles, columns 0-5 and 2-7
+    row = stitch([np.zeros((1, 6)), np.ones((1, 6))], boxes, (1, 8))[0]
+    assert row[:2].tolist() == [0, 0] and row[6:].tolist() == [1, 1]  # one tile: its value
+    assert np.all(np.diff(row) >= 0) and 0 < row[3] < row[4] < 1  # a ramp, no step
+
+
+def test_stitching_refuses_maps_of_the_wrong_size_and_uncovered_pixels():
+    with pytest.raises(ValueError, match="does not fit its box"):
+        stitch([np.zeros((3, 3))], [TileBox(0, 0, 4, 4)], (4, 4))
+    with pytest.raises(ValueError, match="do not cover"):
+        stitch([np.zeros((2, 2))], [TileBox(0, 0, 2, 2)], (4, 4))
+
+
+def test_stitched_scores_follow_the_image_score_rules():
+    anomaly_map = -np.ones((10, 10))
+    anomaly_map[0, :3] = [-0.1, -0.2, -0.3]
+    scores = stitched_scores(anomaly_map, ("max", 0.01, 0.03))
+    assert scores["max"] == pytest.approx(0.1)
+    assert scores[0.01] == pytest.approx(0.1)  # round(0.01 * 100) = 1 value
+    assert scores[0.03] == pytest.approx(0.2)  # the 3 highest: mean 0.2
+
+
+@pytest.mark.parametrize(
+    ("tile_size", "tile_stride", "message"),
+    [
+        (None, 32, "without tile_size"),
+        (32, 64, "larger than tile_size"),
+        (0, None, "positive"),
+        ((32, 32, 3), None, "pair"),
+        (32.5, None, "positive int"),
+    ],
+)
+def test_bad_tiling_is_refused_with_the_remedy(tile_size, tile_stride, message):
+    with pytest.raises(ValueError, match=message):
+        check_tiling(tile_size, tile_stride)
+
+
+def test_aspect_input_size_keeps_the_aspect_ratio_on_a_multiple_of_32():
+    assert aspect_input_size((500, 1263)) == (256, 640)
+    assert aspect_input_size((1263, 500)) == (640, 256)
+    assert aspect_input_size((300, 300)) == (256, 256)
+    assert aspect_input_size((460, 1130), short_side=128) == (128, 320)
+    with pytest.raises(ValueError, match="positive"):
+        aspect_input_size((0, 10))
+
+
+# ---------------------------------------------------------------------------- the detector
+
+TINY = dict(pre_trained=False, flow_steps=1, max_iter=2, batch_size=8, inference_precision="float32", random_state=0)
+
+
+def _texture(rng, height, width):
+    return rng.integers(90, 160, size=(height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiled():
+    rng = np.random.default_rng(0)
+    X = [_texture(rng, 64, 96) for _ in range(10)]
+    return FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_stride=16, **TINY).fit(X)
+
+
+def test_tiles_of_input_size_score_as_the_untiled_detector_does():
+    """An image of exactly one tile, at input_size: tiling changes nothing, offset_ included."""
+    rng = np.random.default_rng(1)
+    X = np.stack([_texture(rng, 32, 32) for _ in range(10)])
+    plain = FastFlowDetector("test_resnet", input_size=32, **TINY).fit(X)
+    tiled = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **TINY).fit(X)
+    assert tiled.tiling_ == ((32, 32), (32, 32)) and plain.tiling_ is None
+    np.testing.assert_allclose(tiled.predict_maps(X), plain.predict_maps(X), atol=1e-6)
+    np.testing.assert_allclose(tiled.score_samples(X), plain.score_samples(X), atol=1e-6)
+    assert tiled.offset_ == pytest.approx(plain.offset_, abs=1e-6)
+
+
+def test_maps_come_back_at_each_images_size_whatever_the_tiles(tiled):
+    rng = np.random.default_rng(2)
+    # Larger than a tile with ragged edges, smaller than a tile, one pixel tall, and a grey one.
+    X = [_texture(rng, 70, 101), _texture(rng, 20, 25), _texture(rng, 1, 40), rng.integers(90, 160, (48, 48), dtype=np.uint8)]
+    with pytest.warns(ImageWarning, match=r"X\[3\] is a grey image"):  # scored all the same
+        maps, scores = tiled.predict_maps(X, return_scores=True)
+    assert [m.shape for m in maps] == [(70, 101), (20, 25), (1, 40), (48, 48)]
+    assert all(np.isfinite(m).all() and m.min() >= -1 and m.max() <= 0 for m in maps)
+    # The image score is the rule over the stitched map, the same in every method.
+    expected = [stitched_scores(m, (tiled.image_score_,))[tiled.image_score_] for m in maps]
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+    with pytest.warns(ImageWarning):
+        np.testing.assert_array_equal(tiled.score_samples(X), scores)
+    # Alone or beside other images, an image gets the same map: tiles do not mix across images.
+    np.testing.assert_array_equal(tiled.predict_maps(X[:1])[0], maps[0])
+
+
+def test_a_defect_in_one_tile_shows_in_that_tile_only():
+    rng = np.random.default_rng(3)
+    X = [np.full((64, 128, 3), 120, dtype=np.uint8) + rng.integers(0, 6, (64, 128, 3), dtype=np.uint8) for _ in range(12)]
+    detector = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **{**TINY, "max_iter": 4}).fit(X)
+    image = X[0].copy()
+    image[40:46, 100:106] = 255  # a 6-pixel spot in the tile at rows 32-63, columns 96-127
+    anomaly_map = detector.predict_maps([image])[0]
+    clean = detector.predict_maps([X[0]])[0]
+    change = np.abs(anomaly_map - clean)
+    assert change[32:, 96:].max() > 0
+    np.testing.assert_array_equal(change[:32], 0)  # the other tiles are untouched
+    np.testing.assert_array_equal(change[:, :96], 0)
+    assert detector.score_samples([image])[0] < detector.score_samples([X[0]])[0]
+
+
+def test_scoring_uses_the_tiling_the_flows_were_trained_with(tiled):
+    X = [np.random.default_rng(4).integers(90, 160, (50, 70, 3), dtype=np.uint8)]
+    before = tiled.score_samples(X)
+    tiled.set_params(tile_size=None)
+    try:
+        np.testing.assert_array_equal(tiled.score_samples(X), before)
+    finally:
+        tiled.set_params(tile_size=32)
+
+
+def test_tiling_survives_saving_and_old_files_score_whole_images(tiled, tmp_path):
+    X = [np.random.default_rng(5).integers(90, 160, (50, 70, 3), dtype=np.uint8)]
+    save(tiled, tmp_path / "tiled.joblib")
+    restored = load(tmp_path / "tiled.joblib")
+    assert restored.tiling_ == tiled.tiling_
+    np.testing.assert_array_equal(restored.score_samples(X), tiled.score_samples(X))
+    state = tiled.__getstate__()
+    del state["tiling_"]  # as pickled before tiling existed
+    old = FastFlowDetector.__new__(FastFlowDetector)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.tiling_ is None and old.predict_maps(X)[0].shape == (50, 70)
+
+
+def test_labelled_defects_and_score_read_tiles_too(tiled):
+    rng = np.random.default_rng(6)
+    good = [_texture(rng, 64, 96) for _ in range(8)]
+    bad = [image.copy() for image in good[:3]]
+    for image in bad:
+        image[10:30, 10:30] = 0
+    y = np.r_[np.ones(8, int), -np.ones(3, int)]
+    detector = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **TINY).fit(good + bad, y)
+    assert detector.defect_scores_.shape == (3,) and detector.n_train_samples_ + detector.n_validation_samples_ == 8
+    assert detector.score(good + bad, y) == pytest.approx(detector.score(good))
+
+
+def test_runtime_cuts_and_stitches_as_the_torch_detector(tiled, tmp_path):
+    pytest.importorskip("onnxruntime")
+    runtime = RuntimeDetector(export_onnx(tiled, tmp_path / "tiled.onnx"), batch_size=5)
+    assert runtime.tiling_ == tiled.tiling_
+    rng = np.random.default_rng(7)
+    X = [_texture(rng, 70, 101), _texture(rng, 20, 25), _texture(rng, 64, 96)]
+    maps, scores = runtime.predict_maps(X, return_scores=True)
+    expected_maps, expected_scores = tiled.predict_maps(X, return_scores=True)
+    for got, expected in zip(maps, expected_maps):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    np.testing.assert_array_equal(runtime.predict(X), tiled.predict(X))
+
+
+def test_cli_fits_tiles_and_predict_reads_them_from_the_model(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    data = tmp_path / "good"
+    data.mkdir()
+    for index in range(8):
+        Image.fromarray(_texture(rng, 48, 112)).save(data / f"{index}.png")
+    model = tmp_path / "model.joblib"
+    assert main(["fit", str(data), "--no-pretrained", "--backbone", "test_resnet", "--input-size", "aspect:32",
+                 "--tile-size", "48", "--epochs", "1", "--seed", "0", "--out", str(model)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Input size 32x64" in out and "tiles of 48x48" in out
+    detector = load(model)
+    assert detector.input_size == (32, 64) and detector.tiling_ == ((48, 48), (48, 48))
+    assert main(["predict", str(model), str(data), "--csv", str(tmp_path / "scores.csv")]) == 0
+    with open(tmp_path / "scores.csv") as file:
+        rows = list(csv.DictReader(file))
+    paths = sorted(data.glob("*.png"))
+    expected = detector.decision_function([str(path) for path in paths])
+    assert [row["path"] for row in rows] == [str(path) for path in paths]
+    np.testing.assert_allclose([float(row["decision"]) for row in rows], expected, atol=1e-6)
+
+
+def test_cli_refuses_a_stride_larger_than_the_tile(tmp_path, capsys):
+    data = tmp_path / "good"
+    data.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(data / "a.png")
+    assert main(["fit", str(data), "--no-pretrained", "--backbone", "test_resnet", "--tile-size", "32", "--tile-stride", "40"]) != 0
+    assert "larger than tile_size" in capsys.readouterr().err
