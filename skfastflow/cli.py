@@ -91,10 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with _warnings_as_messages(), grouped_image_warnings():
-            if getattr(args, "threads", None) and not _is_exported(getattr(args, "model", "")):
-                import torch
-
-                torch.set_num_threads(args.threads)
             status = args.run(args)
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in FULL_INSTALL_PACKAGES:
@@ -301,8 +297,9 @@ def _add_threads_option(command: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         default=None,
-        help="CPU threads for torch, or for onnxruntime/OpenVINO with an exported model (default: their choice; "
-        "1 is often faster on a busy or small machine)",
+        help="CPU threads for torch (default: one per core that other programs leave idle, at most torch's own "
+        "setting; see FastFlowDetector's n_threads), or for onnxruntime/OpenVINO with an exported model "
+        "(default: theirs)",
     )
 
 
@@ -474,7 +471,8 @@ def load_model(path: str | os.PathLike, n_threads: int | None = None):
         :func:`skfastflow.persistence.load`; or an exported graph (``.onnx``, ``.xml``),
         read as a :class:`skfastflow.runtime.RuntimeDetector`, which needs no torch.
     n_threads : int, default=None
-        CPU threads of an exported graph's runtime (torch's are set by :func:`main`).
+        CPU threads: of an exported graph's runtime, or the ``n_threads`` a torch model
+        file's detector scores with (None: automatic), whatever it was saved with.
 
     Returns
     -------
@@ -494,7 +492,7 @@ def load_model(path: str | os.PathLike, n_threads: int | None = None):
         return RuntimeDetector(path, n_threads=n_threads)
     from .persistence import load
 
-    return load(path)
+    return load(path).set_params(n_threads=n_threads)
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
@@ -613,6 +611,7 @@ def _run_fit(args) -> None:
         contamination=args.contamination,
         image_score=args.image_score,
         target_recall=args.target_recall,
+        n_threads=args.threads,
         random_state=args.seed,
         verbose=1,
     )

@@ -31,6 +31,7 @@ import torch
 
 from .images import ImageCollection
 from .nn import FastflowModel
+from .threads import refresh as refresh_threads
 
 #: Upper bound of the in-memory feature cache, in bytes.
 MAX_CACHE_BYTES = 4 * 2**30
@@ -106,6 +107,7 @@ class StreamedFeatures:
 
     def batch(self, positions: np.ndarray) -> list[torch.Tensor]:
         """Per-scale features ``(len(positions), C_i, h_i, w_i)`` of the requested positions."""
+        refresh_threads()  # the backbone pass is most of a batch's work: follow the idle cores
         extractor = self.model.feature_extractor
         (image_batch,) = self.images.batches(
             len(positions), self.model.input_size, extractor.mean, extractor.std, indices=self.indices[positions]

@@ -252,11 +252,15 @@ def test_evaluate_on_a_folder_without_mvtec_layout(capsys, tmp_path, fit_run):
     assert status == 2 and "MVTec AD layout" in err
 
 
-def test_threads_option_sets_torch_threads_before_any_work(capsys, tmp_path, monkeypatch):
+def test_threads_option_scores_with_that_many_threads_and_restores_torch(fit_run, mvtec_dir, monkeypatch, tmp_path):
+    # The command line's count wins over the one saved with the model.
+    model_path = save_model(load_model(fit_run[1]).set_params(n_threads=1), tmp_path / "one_thread.joblib")
+    before = torch.get_num_threads()
     calls = []
-    monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    status, _ = error_of(capsys, "predict", tmp_path / "model.joblib", tmp_path, "--threads", "1")
-    assert calls == [1] and status == 2
+    original = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: calls.append(count) or original(count))
+    assert main(["predict", str(model_path), str(mvtec_dir / "test" / "good"), "--threads", str(before + 1)]) == 0
+    assert calls == [before + 1, before] and torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize(
