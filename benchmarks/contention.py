@@ -45,8 +45,11 @@ backbones use random weights. Speed does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -114,6 +117,22 @@ def stop_neighbour(process: subprocess.Popen) -> None:
 # ---------------------------------------------------------------------------- worker
 
 
+class ChoiceLog(logging.Handler):
+    """Counts the automatic thread choices that :mod:`skfastflow.threads` logs (DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts = collections.Counter()
+        logger = logging.getLogger("skfastflow.threads")
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        chosen = re.match(r"automatic choice: (\d+) threads", record.getMessage())
+        if chosen:
+            self.counts[int(chosen.group(1))] += 1
+
+
 def run_worker(arguments: argparse.Namespace) -> None:
     """Measure one configuration quietly and beside each neighbour; print one JSON line per measurement."""
     for name in _THREAD_VARIABLES:  # a user who set nothing (before torch reads them)
@@ -125,7 +144,6 @@ def run_worker(arguments: argparse.Namespace) -> None:
     from skfastflow import FastFlowDetector
     from skfastflow.cli import offline_pretrained_backbone
     from skfastflow.datasets import make_defect_images
-    from skfastflow.threads import automatic_threads
 
     all_cores = torch.get_num_threads()
     n_threads = {"default": None, "1 thread": 1}.get(arguments.configuration, all_cores)
@@ -141,24 +159,35 @@ def run_worker(arguments: argparse.Namespace) -> None:
             n_threads=n_threads, random_state=0,
         )  # fmt: skip
 
+    choices = ChoiceLog()
+
+    def tally() -> str:
+        """``"2x14 1x1"``: how often the default chose each count since the last tally; a fixed count as such."""
+        if n_threads is not None:
+            return f"{n_threads} fixed"
+        tally, choices.counts = _format(choices.counts), collections.Counter()
+        return tally
+
     # Warm-up (one-time costs: allocator, oneDNN kernels), not measured.
     detector(1).fit(train[:4]).predict_maps(test[:4])
+    choices.counts.clear()
     for neighbour in ["none", *arguments.neighbours]:
         process = start_neighbour(neighbour) if neighbour != "none" else None
         try:
             wall = time.perf_counter()
             fitted = detector(arguments.epochs).fit(train)
             fit_wall = time.perf_counter() - wall
+            fit_threads = tally()
             wall = time.perf_counter()
             fitted.predict_maps(test)
             predict_wall = time.perf_counter() - wall
-            # What the automatic choice made of the last window (during predict_maps).
-            seen = automatic_threads(all_cores) if arguments.configuration == "default" else n_threads
+            predict_threads = tally()
         finally:
             if process is not None:
                 stop_neighbour(process)
         result = dict(
-            configuration=arguments.configuration, neighbour=neighbour, threads=seen, all_cores=all_cores,
+            configuration=arguments.configuration, neighbour=neighbour, all_cores=all_cores,
+            fit_threads=fit_threads, predict_threads=predict_threads,
             fit=arguments.n_train * arguments.epochs / fit_wall, predict=arguments.n_test / predict_wall,
             weights="ImageNet" if weights else "random",
         )  # fmt: skip
@@ -212,7 +241,8 @@ def main(argv=None) -> None:
                 result = json.loads(line)
                 results.setdefault((configuration, result["neighbour"]), []).append(result)
                 print(f"  round {round_number + 1} {configuration} / {result['neighbour']}: fit {result['fit']:.1f} img/s, "
-                      f"predict_maps {result['predict']:.1f} img/s, threads {result['threads']}", file=sys.stderr, flush=True)  # fmt: skip
+                      f"predict_maps {result['predict']:.1f} img/s; threads: fit {result['fit_threads']}, "
+                      f"predict_maps {result['predict_threads']}", file=sys.stderr, flush=True)  # fmt: skip
     report(arguments, results, time.perf_counter() - started)
 
 
@@ -227,17 +257,18 @@ def report(arguments: argparse.Namespace, results: dict, seconds: float) -> None
         f"{arguments.batch_size}; median of {arguments.rounds} interleaved rounds; N = {all_cores} (torch's default "
         f"threads here); {os.cpu_count()} CPUs; {seconds:.0f} s in all\n"
     )
-    print("| configuration | neighbour | fit img/s | predict_maps img/s | fit vs quiet | predict_maps vs quiet | threads (default: chosen) |")
+    print("| configuration | neighbour | fit img/s | predict_maps img/s | fit vs quiet | predict_maps vs quiet | threads: fit; predict_maps |")
     print("|---|---|---:|---:|---:|---:|---|")
     for configuration in arguments.configurations:
         quiet = median[(configuration, "none")]
         for neighbour in ["none", *arguments.neighbours]:
             figures = median[(configuration, neighbour)]
-            chosen = sorted({str(r["threads"]) for r in results[(configuration, neighbour)]})
+            runs = results[(configuration, neighbour)]
+            chosen = f"{_merged(r['fit_threads'] for r in runs)}; {_merged(r['predict_threads'] for r in runs)}"
             print(
                 f"| {configuration.replace('N', str(all_cores), 1)} | {neighbour} | {figures['fit']:.1f} | "
                 f"{figures['predict']:.1f} | {figures['fit'] / quiet['fit']:.2f}x | "
-                f"{figures['predict'] / quiet['predict']:.2f}x | {', '.join(chosen)} |"
+                f"{figures['predict'] / quiet['predict']:.2f}x | {chosen} |"
             )
     if "default" in arguments.configurations and "N threads" in arguments.configurations:
         default, before = median[("default", "none")], median[("N threads", "none")]
@@ -253,6 +284,24 @@ def report(arguments: argparse.Namespace, results: dict, seconds: float) -> None
                 f"Default beside the {neighbour} neighbour vs quiet (target >= 0.5 for one busy process): fit "
                 f"{busy['fit'] / quiet['fit']:.2f}x, predict_maps {busy['predict'] / quiet['predict']:.2f}x"
             )
+
+
+def _format(counts: collections.Counter) -> str:
+    return " ".join(f"{count}x{times}" for count, times in sorted(counts.items(), reverse=True)) or "none"
+
+
+def _merged(tallies) -> str:
+    """Sum tallies such as ``"2x14 1x1"`` over rounds; a fixed count stays as it is."""
+    tallies = list(tallies)
+    if tallies[0].endswith("fixed"):
+        return tallies[0]
+    total = collections.Counter()
+    for tally in tallies:
+        for part in tally.split():
+            if "x" in part:
+                count, times = part.split("x")
+                total[int(count)] += int(times)
+    return _format(total)
 
 
 if __name__ == "__main__":
