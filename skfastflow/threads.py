@@ -26,7 +26,8 @@ which describes a steady neighbour (a camera driver, a GUI) as well as a short o
 and a neighbour that started or stopped meanwhile is caught at the first batch that
 follows. Only a process's very first call, when no window of :data:`MIN_WINDOW` has
 passed since the import, sleeps :data:`PROBE_SECONDS` to measure one. A cgroup CPU quota
-(containers) caps the cores.
+(containers) caps the cores. Work in other threads of this process counts as its own, so
+a busy thread of the same program is not seen as a neighbour.
 
 Where ``/proc/stat`` cannot be read (macOS, Windows), torch's setting is kept: the load
 average, the portable alternative, counts this process's own threads and lags by a
