@@ -139,7 +139,8 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         (:func:`skfastflow.thresholds.robust_offset`): it aims at 1 % of good images
         flagged, and an atypical good image among the held-out ones cannot drag it down, as
         it dragged the former rule (their minimum); with ``"auto"`` and labelled defects,
-        the threshold that separates them from the held-out good images best
+        the threshold that separates them from the held-out good images best (maximum
+        F1), but never one that flags less than the label-free threshold
         (:func:`skfastflow.thresholds.labelled_offset`; see ``target_recall``).
     target_recall : float in (0, 1] or None, default=None
         Only with labelled defects at ``fit`` and ``contamination="auto"``: place

@@ -111,6 +111,14 @@ def test_labelled_offset_maximises_f1_or_reaches_the_recall_asked_for():
     assert labelled_offset(good, defects, target_recall=1.0) == pytest.approx(0.575)
 
 
+def test_labelled_defects_never_lower_the_label_free_threshold():
+    good, defects = np.linspace(0.4, 0.6, 21), [0.1, 0.2, 0.45, 0.5, 0.55]
+    # Best F1 flags the two clear defects only (below 0.3); the label-free threshold flags more.
+    assert robust_offset(good) == pytest.approx(0.5 - norm.ppf(0.99) * 1.482602218505602 * 0.05)
+    assert labelled_offset(good, defects) == robust_offset(good)
+    assert labelled_offset(good, defects, target_recall=0.4) == pytest.approx(0.3)  # asked for: no floor
+
+
 def test_image_score_rule_is_chosen_by_separation_of_labelled_defects_ties_to_the_first():
     good = {"max": [0.5, 0.6], 0.01: [0.5, 0.6]}
     assert choose_image_score(good, {"max": [0.55, 0.1], 0.01: [0.2, 0.1]}) == 0.01
