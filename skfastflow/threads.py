@@ -26,7 +26,8 @@ which describes a steady neighbour (a camera driver, a GUI) as well as a short o
 and a neighbour that started or stopped meanwhile is caught at the first batch that
 follows. Only a process's very first call, when no window of :data:`MIN_WINDOW` has
 passed since the import, sleeps :data:`PROBE_SECONDS` to measure one. A cgroup CPU quota
-(containers) caps the cores.
+(containers) caps the cores. Work in other threads of this process counts as its own, so
+a busy thread of the same program is not seen as a neighbour.
 
 Where ``/proc/stat`` cannot be read (macOS, Windows), torch's setting is kept: the load
 average, the portable alternative, counts this process's own threads and lags by a
@@ -57,6 +58,7 @@ the shared core; ``benchmarks/contention.py`` measures it beside the thread coun
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -78,6 +80,8 @@ PROBE_SECONDS = 0.1
 #: the system's background work on a quiet machine.
 SLACK = 0.3
 
+# Each automatic choice is logged at DEBUG level, e.g. for benchmarks/contention.py.
+_log = logging.getLogger(__name__)
 # Variables through which users fix torch's thread count before it starts.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Torch's count before any call here changed it: another value later is the user's choice.
@@ -288,8 +292,7 @@ def automatic_threads(limit: int | None = None) -> int:
         ``limit`` itself where the load cannot be measured (no ``/proc/stat``).
     """
     limit = torch.get_num_threads() if limit is None else limit
-    busy_elsewhere = _meter.measure(call_start=True)
-    return limit if busy_elsewhere is None else threads_for(busy_elsewhere, usable_cpus(), limit)
+    return _choose(_meter.measure(call_start=True), usable_cpus(), limit)
 
 
 @contextlib.contextmanager
@@ -349,7 +352,15 @@ def refresh() -> None:
         return
     busy_elsewhere = _meter.measure(call_start=False)
     if busy_elsewhere is not None:
-        _set_threads(threads_for(busy_elsewhere, _state.cpus, limit))
+        _set_threads(_choose(busy_elsewhere, _state.cpus, limit))
+
+
+def _choose(busy_elsewhere: float | None, cpus: int, limit: int) -> int:
+    """:func:`threads_for`, or ``limit`` when the load is unknown; logged."""
+    count = limit if busy_elsewhere is None else threads_for(busy_elsewhere, cpus, limit)
+    _log.debug("automatic choice: %d threads (%s cores busy elsewhere, %d usable, at most %d)", count,
+               "unknown" if busy_elsewhere is None else f"{busy_elsewhere:.2f}", cpus, limit)  # fmt: skip
+    return count
 
 
 def _set_threads(count: int) -> None:

@@ -200,6 +200,16 @@ def test_refresh_follows_a_neighbour_that_starts_and_stops(monkeypatch):
     assert torch.get_num_threads() == 2
 
 
+def test_each_automatic_choice_is_logged_with_its_reason(monkeypatch, caplog):
+    fake_load(monkeypatch, 0.0, 1.25)
+    with caplog.at_level("DEBUG", logger="skfastflow.threads"), threads.torch_threads():
+        threads.refresh()
+    assert [record.getMessage() for record in caplog.records] == [
+        "automatic choice: 2 threads (0.00 cores busy elsewhere, 2 usable, at most 2)",
+        "automatic choice: 1 threads (1.25 cores busy elsewhere, 2 usable, at most 2)",
+    ]
+
+
 def test_refresh_outside_an_automatic_block_does_nothing(monkeypatch):
     calls = fake_load(monkeypatch)
     threads.refresh()
