@@ -218,7 +218,10 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         runs whatever the machine's load.
     random_state : int, RandomState instance or None, default=None
         Controls weight initialisation, the held-out split and the batch order. Torch's
-        global generator is left untouched.
+        global generator is left untouched. Two fits with the same ``random_state`` give
+        bit-identical models when they compute with the same number of threads: with
+        ``n_threads=None`` that number follows the machine's load, so they may differ by
+        float rounding (scores by about 1e-7); fix ``n_threads`` for bit-identical refits.
     verbose : int, default=0
         Show a progress bar with the training loss when positive.
 

@@ -34,7 +34,7 @@ from skfastflow.transformers import CropResize, GreyConverter
 SIZE = 32
 TINY = dict(
     backbone="test_resnet", pre_trained=False, input_size=SIZE, flow_steps=1, max_iter=3,
-    learning_rate_init=1e-2, random_state=0,
+    learning_rate_init=1e-2, n_threads=1, random_state=0,
 )  # fmt: skip
 LEFT_HALF, RIGHT_HALF = (0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)
 
