@@ -53,7 +53,7 @@ TILE = 256
 def load_set(source: str, quick: bool, n_train: int | None):
     """``(name, train images, test images, y_test, test masks)``; images as lists (paths or arrays)."""
     from skfastflow.datasets import load_mvtec, make_defect_images
-    from skfastflow.files import read_mask
+    from skfastflow.files import read_image_size, read_mask
 
     if source == "synthetic":
         size, n_good, n_test = (128, 12, 12) if quick else (1024, 40, 40)
@@ -66,7 +66,10 @@ def load_set(source: str, quick: bool, n_train: int | None):
     train = list(data.X_train)
     if n_train is not None and n_train < len(train):
         train = [train[i] for i in np.linspace(0, len(train) - 1, n_train).round().astype(int)]
-    masks = [None if path is None else read_mask(path) for path in data.masks_test]
+    if any(path is None for path, label in zip(data.masks_test, data.y_test) if label == -1):
+        masks = [None] * len(data.y_test)  # image-level labels only: no pixel metrics
+    else:  # good images have no mask file: nothing is defect
+        masks = [np.zeros(read_image_size(image), bool) if path is None else read_mask(path) for image, path in zip(data.X_test, data.masks_test)]
     return Path(source).name, train, list(data.X_test), data.y_test, masks
 
 
