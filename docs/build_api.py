@@ -201,7 +201,10 @@ def document_object(module_name: str, name: str, obj) -> list[str]:
     parts = [f"### `{name}`\n", f"```python\n{prefix}{module_name}.{signature(name, obj)}\n```\n", docstring_to_markdown(obj.__doc__)]
     if inspect.isclass(obj):
         for method_name in CLASS_METHOD_ORDER:
-            method = obj.__dict__.get(method_name)
+            # Methods of the class or of skfastflow's own mixins (not scikit-learn's or torch's).
+            owner = next((klass for klass in obj.__mro__ if method_name in klass.__dict__), None)
+            own = owner is not None and owner.__module__.startswith("skfastflow")
+            method = owner.__dict__[method_name] if own else None
             if method is not None and method.__doc__:
                 parts.append(f"#### `{name}.{method_name}`\n")
                 parts.append(f"```python\n{signature(method_name, method)}\n```\n")

@@ -26,6 +26,7 @@ from .persistence import PicklableModel
 from .threads import refresh as refresh_threads
 from .threads import torch_threads
 from .tiling import MapStitcher, check_tiling, stitched_scores
+from .verdicts import VerdictMixin
 from .thresholds import (
     AUTO_FALSE_ALARM_RATE,
     DEFAULT_IMAGE_SCORE,
@@ -66,7 +67,7 @@ def _in_torch_threads(method):
     return run
 
 
-class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
+class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator):
     """Unsupervised image anomaly detection and localisation with FastFlow.
 
     A frozen pretrained CNN (or vision transformer) turns each image into feature maps;
@@ -849,36 +850,6 @@ class FastFlowDetector(PicklableModel, OutlierMixin, BaseEstimator):
         """
         scores = [self._image_scores(maps) for _, maps in self._anomaly_maps(X)]
         return torch.cat(scores).double().cpu().numpy()
-
-    @_in_torch_threads
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for outliers, positive for inliers.
-
-        Parameters
-        ----------
-        X : array-like or list
-            Images, as for :meth:`fit`.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,), dtype float64
-        """
-        return self.score_samples(X) - self.offset_
-
-    @_in_torch_threads
-    def predict(self, X):
-        """Label each image: +1 good (inlier), -1 defective (outlier).
-
-        Parameters
-        ----------
-        X : array-like or list
-            Images, as for :meth:`fit`.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,), dtype int
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
 
     @_in_torch_threads
     def predict_maps(self, X, *, return_scores=False):

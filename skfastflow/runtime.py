@@ -33,6 +33,7 @@ from PIL import Image
 from . import __version__
 from .image_input import ImageInput
 from .thresholds import conformal_p_values
+from .verdicts import VerdictMixin
 from .tiling import MapStitcher, stitched_scores, tile_boxes
 
 #: Layout of the metadata the exporter writes; files with a larger number are refused.
@@ -43,7 +44,7 @@ METADATA_KEY = "skfastflow"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_maps", "scores")
 
-class RuntimeDetector:
+class RuntimeDetector(VerdictMixin):
     """A fitted FastFlow detector read from an exported graph, scored without torch.
 
     Parameters
@@ -238,34 +239,6 @@ class RuntimeDetector:
             ``inference_precision="float32"``.
         """
         return np.concatenate([scores for _, _, scores in self._batches(X)]).astype(np.float64)
-
-    def decision_function(self, X) -> np.ndarray:
-        """``score_samples(X) - offset_``: negative for outliers, positive for inliers.
-
-        Parameters
-        ----------
-        X : array-like or list
-            Images, as for :meth:`score_samples`.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,), dtype float64
-        """
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X) -> np.ndarray:
-        """Label each image: +1 good (inlier), -1 defective (outlier).
-
-        Parameters
-        ----------
-        X : array-like or list
-            Images, as for :meth:`score_samples`.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,), dtype int
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
 
     def predict_maps(self, X, *, return_scores: bool = False):
         """Per-pixel anomaly maps at each image's original resolution (higher = more anomalous).
