@@ -292,6 +292,25 @@ def test_fit_needs_two_good_images(data):
         FastFlowDetector(**FAST).fit(X_good[:1])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_fit_and_scoring_on_cuda_match_the_same_weights_on_the_cpu(data, precision):
+    """On a GPU, in float32 and in mixed precision: the flows train, and the maps are the CPU's for the same weights."""
+    import copy
+
+    X_good, test = data
+    gpu = FastFlowDetector(**{**FAST, "device": "cuda", "training_precision": precision, "inference_precision": precision}).fit(X_good[:20])
+    assert gpu.device_.type == "cuda" and np.isfinite(gpu.loss_curve_).all()
+    maps, scores = gpu.predict_maps(test.images[:6], return_scores=True)
+    assert np.isfinite(maps).all() and maps.min() >= -1 and maps.max() <= 0
+    np.testing.assert_array_equal(gpu.score_samples(test.images[:6]), scores)
+    cpu = copy.deepcopy(gpu).set_params(device="cpu", inference_precision="float32")
+    cpu.model_.to("cpu")
+    cpu.device_ = torch.device("cpu")
+    tolerance = 1e-4 if precision == "float32" else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    np.testing.assert_allclose(cpu.predict_maps(test.images[:6]), maps, atol=tolerance)
+
+
 def test_cuda_asked_for_without_cuda_is_a_clear_error(data):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
