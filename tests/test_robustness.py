@@ -321,7 +321,7 @@ def test_non_finite_loss_leaves_a_fitted_detector_unchanged(colour_detector, mon
 @pytest.mark.parametrize("early_stopping", [True, False])  # offset_ from held-out or from training images
 def test_a_model_scoring_nan_is_never_returned(monkeypatch, early_stopping):
     # Finite loss but NaN scores on the threshold's images (say, features that overflow only there).
-    monkeypatch.setattr(FastFlowDetector, "_threshold_scores", lambda self, model, images, indices, features, device: {0.01: np.full(len(indices), np.nan)})
+    monkeypatch.setattr(FastFlowDetector, "_threshold_scores", lambda self, model, images, indices, *_: {0.01: np.full(len(indices), np.nan)})
     detector = FastFlowDetector(**FAST, early_stopping=early_stopping)
     with pytest.raises(FloatingPointError, match="non-finite scores to good images"):
         detector.fit(colour_images(6))
