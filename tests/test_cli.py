@@ -27,7 +27,7 @@ from skfastflow.datasets import load_mvtec, make_defect_images
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0"]
+TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0", "--threads", "1"]
 N_TRAIN, N_TEST = 8, 6
 
 
