@@ -67,13 +67,12 @@ class ImageCollection(ImageInput):
         repeating the channel; then ``(x - mean) / std`` per channel.
         """
         indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        normalise = _normaliser(mean, std)
         for start in range(0, len(indices), batch_size):
             batch_indices = indices[start : start + batch_size]
             tensor, sizes, is_grey = self._read_batch(batch_indices, input_size)
             self.check_colour(batch_indices, is_grey)
-            yield ImageBatch(batch_indices, (tensor - mean_tensor) / std_tensor, sizes, is_grey)
+            yield ImageBatch(batch_indices, normalise(tensor), sizes, is_grey)
 
     def tile_batches(
         self,
@@ -92,8 +91,7 @@ class ImageCollection(ImageInput):
         full-resolution floats at any moment, and at most ``batch_size`` tiles.
         """
         indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        normalise = _normaliser(mean, std)
         tiles, owners, boxes, started = [], [], [], []
         for index in indices:
             image, grey = self.load(int(index))
@@ -106,10 +104,10 @@ class ImageCollection(ImageInput):
                 owners.append(int(index))
                 boxes.append(box)
                 if len(tiles) == batch_size:
-                    yield TileBatch((torch.cat(tiles) - mean_tensor) / std_tensor, np.array(owners), boxes, started)
+                    yield TileBatch(normalise(torch.cat(tiles)), np.array(owners), boxes, started)
                     tiles, owners, boxes, started = [], [], [], []
         if tiles:
-            yield TileBatch((torch.cat(tiles) - mean_tensor) / std_tensor, np.array(owners), boxes, started)
+            yield TileBatch(normalise(torch.cat(tiles)), np.array(owners), boxes, started)
 
     def _read_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
         """Images at ``batch_indices`` resized to ``input_size`` (n, 3, H, W), their sizes and grey flags.
@@ -178,19 +176,25 @@ class TileView:
     def batches(self, batch_size: int, input_size, mean, std, indices: np.ndarray | None = None) -> Iterator[ImageBatch]:
         """Yield normalised tiles ``(n, 3, *input_size)``, ``batch_size`` at a time (``indices``: tile positions)."""
         indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        normalise = _normaliser(mean, std)
         for start in range(0, len(indices), batch_size):
             positions = indices[start : start + batch_size]
             tensor = torch.cat([_tile(self._pixels(int(self.owners[p])), self.boxes[p], input_size) for p in positions])
             sizes = [(self.boxes[p].height, self.boxes[p].width) for p in positions]
-            yield ImageBatch(positions, (tensor - mean_tensor) / std_tensor, sizes, np.zeros(len(positions), dtype=bool))
+            yield ImageBatch(positions, normalise(tensor), sizes, np.zeros(len(positions), dtype=bool))
 
     def _pixels(self, index: int) -> torch.Tensor:
         if self._last is None or self._last[0] != index:
             image, _ = self.images.load(index)
             self._last = (index, torch.from_numpy(image).permute(2, 0, 1)[None])
         return self._last[1]
+
+
+def _normaliser(mean, std):
+    """``(x - mean) / std`` per RGB channel of ``(n, 3, H, W)`` tensors."""
+    mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return lambda tensor: (tensor - mean_tensor) / std_tensor
 
 
 def _tile(pixels: torch.Tensor, box: TileBox, input_size: tuple[int, int]) -> torch.Tensor:

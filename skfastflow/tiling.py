@@ -291,10 +291,4 @@ def aspect_input_size(image_size: tuple[int, int], short_side: int = 256, multip
     return (short_side, long_side) if height <= width else (long_side, short_side)
 
 
-def tile_count(image_size: tuple[int, int], tile_size: tuple[int, int], tile_stride: tuple[int, int]) -> int:
-    """Number of tiles of an image (:func:`tile_boxes`), without listing them."""
-    height, width = image_size
-    return len(_starts(height, tile_size[0], tile_stride[0])) * len(_starts(width, tile_size[1], tile_stride[1]))
-
-
-__all__ = ["MapStitcher", "TileBox", "aspect_input_size", "check_tiling", "stitch", "stitched_scores", "tile_boxes", "tile_count"]
+__all__ = ["MapStitcher", "TileBox", "aspect_input_size", "check_tiling", "stitch", "stitched_scores", "tile_boxes"]
