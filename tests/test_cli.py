@@ -27,7 +27,7 @@ from skfastflow.datasets import load_mvtec, make_defect_images
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0", "--threads", "1"]
+TINY_FIT = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "64", "--epochs", "2", "--seed", "0", "--threads", "1", "--calibration-cv", "none"]
 N_TRAIN, N_TEST = 8, 6
 
 
@@ -177,6 +177,14 @@ def test_fit_with_labelled_defects_never_trains_on_them(mvtec_dir, tmp_path):
     np.testing.assert_array_equal(labelled.score_samples(images), plain.score_samples(images))
 
 
+def test_calibration_cv_option_cross_fits_in_that_many_folds(mvtec_dir, tmp_path):
+    model_path = tmp_path / "model.joblib"
+    assert main(["fit", str(mvtec_dir), "--out", str(model_path), *TINY_FIT, "--calibration-cv", "2"]) == 0
+    detector = load_model(model_path)
+    assert detector.calibration_folds_ == 2
+    assert len(detector.calibration_scores_) == N_TRAIN == detector.n_train_samples_ + detector.n_validation_samples_
+
+
 def test_user_error_in_a_subprocess_gives_status_2_and_no_traceback(tmp_path):
     process = run_cli("fit", tmp_path / "missing", "--out", tmp_path / "model.joblib")
     assert process.returncode == 2
@@ -271,6 +279,7 @@ def test_threads_option_scores_with_that_many_threads_and_restores_torch(fit_run
         ("--contamination", "0.7", "'auto' or a number in (0, 0.5]"),
         ("--image-score", "mean", "'max' or a number in (0, 0.5]"),
         ("--input-size", "64x", "HEIGHTxWIDTH"),
+        ("--calibration-cv", "1", "auto, none or a whole number of folds >= 2"),
     ],
 )
 def test_bad_option_value_is_an_argparse_error(capsys, option, value, message):

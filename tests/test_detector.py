@@ -18,7 +18,7 @@ from skfastflow import FastFlowDetector
 from skfastflow.thresholds import robust_offset
 from skfastflow.datasets import make_defect_images
 
-FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=8, batch_size=16, n_threads=1, random_state=0)
+FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=8, batch_size=16, n_threads=1, calibration_cv=None, random_state=0)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from skfastflow.features import CachedFeatures, StreamedFeatures
 from skfastflow.images import ImageCollection
 from skfastflow.nn import FastflowModel
 
-FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=3, batch_size=8, n_threads=1, random_state=0)
+FAST = dict(backbone="test_resnet", pre_trained=False, input_size=64, max_iter=3, batch_size=8, n_threads=1, calibration_cv=None, random_state=0)
 
 # Largest change of an anomaly map value (maps lie in [-1, 0]) from bfloat16 inference, for
 # this file's small model. Measured with pretrained tf_efficientnet_lite0 at 256x256: 0.026

@@ -44,7 +44,7 @@ SIZE = 32
 # whether a CPU has native bfloat16 (where "auto" would train in it).
 TINY = dict(
     backbone="test_resnet", pre_trained=False, input_size=SIZE, flow_steps=1, max_iter=2, batch_size=4,
-    training_precision="float32", inference_precision="float32", n_threads=1, random_state=0,
+    training_precision="float32", inference_precision="float32", n_threads=1, calibration_cv=None, random_state=0,
 )  # fmt: skip
 # A module that only this process holds: a worker forked from it would hold it too.
 FORK_SENTINEL = "_skfastflow_test_parallel_fork_sentinel"

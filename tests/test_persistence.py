@@ -14,7 +14,7 @@ import skfastflow
 from skfastflow import FastFlowDetector, FastflowModel, persistence
 from skfastflow.persistence import ModelFileError, load, save
 
-TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, n_threads=1, random_state=0)
+TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, n_threads=1, calibration_cv=None, random_state=0)
 
 
 @pytest.fixture(scope="module")

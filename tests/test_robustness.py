@@ -27,7 +27,7 @@ from skfastflow import persistence
 from skfastflow.cli import main
 from skfastflow.nn import FastflowLoss, FastflowModel
 
-FAST = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, batch_size=4, n_threads=1, random_state=0)
+FAST = dict(backbone="test_resnet", pre_trained=False, input_size=32, flow_steps=1, max_iter=2, batch_size=4, n_threads=1, calibration_cv=None, random_state=0)
 METHODS = ["fit", "score_samples", "decision_function", "predict", "predict_maps", "score"]
 
 

@@ -34,7 +34,7 @@ from skfastflow.transformers import CropResize, GreyConverter
 SIZE = 32
 TINY = dict(
     backbone="test_resnet", pre_trained=False, input_size=SIZE, flow_steps=1, max_iter=3,
-    learning_rate_init=1e-2, n_threads=1, random_state=0,
+    learning_rate_init=1e-2, n_threads=1, calibration_cv=None, random_state=0,
 )  # fmt: skip
 LEFT_HALF, RIGHT_HALF = (0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)
 
@@ -360,7 +360,7 @@ INVALID_PARAMETERS = {
     "backbone": 18, "pre_trained": "yes", "weights": 3, "input_size": 0, "tile_size": 0, "tile_stride": -1, "flow_steps": 0,
     "conv3x3_only": 1.5, "hidden_ratio": 0.0, "max_iter": 0, "batch_size": 2.5, "learning_rate_init": -1.0,
     "weight_decay": -1e-5, "early_stopping": None, "validation_fraction": 1.0, "n_iter_no_change": 0,
-    "tol": -1.0, "image_score": 0.0, "contamination": 0.6, "target_recall": 1.5, "cache_features": "no", "inference_precision": "float16",
+    "tol": -1.0, "image_score": 0.0, "contamination": 0.6, "target_recall": 1.5, "calibration_cv": 1, "cache_features": "no", "inference_precision": "float16",
     "training_precision": "float64", "device": None, "n_threads": 0, "random_state": "seed",
     "verbose": -1,
 }  # fmt: skip

@@ -18,7 +18,7 @@ from skfastflow import FastFlowDetector, threads
 from skfastflow.datasets import make_defect_images
 from skfastflow.threads import CpuSample
 
-TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, max_iter=2, batch_size=4, flow_steps=1, random_state=0)
+TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, max_iter=2, batch_size=4, flow_steps=1, calibration_cv=None, random_state=0)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from skfastflow.thresholds import (
     robust_offset,
 )
 
-TINY = dict(backbone="test_resnet", pre_trained=False, input_size=64, flow_steps=2, max_iter=2, batch_size=8, random_state=0)
+TINY = dict(backbone="test_resnet", pre_trained=False, input_size=64, flow_steps=2, max_iter=2, batch_size=8, calibration_cv=None, random_state=0)
 scores_strategy = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=40)
 
 
@@ -95,6 +95,83 @@ def test_detector_p_values_compare_scores_with_the_held_out_good_images():
     expected = conformal_p_values(detector.score_samples(test), detector.calibration_scores_)
     np.testing.assert_array_equal(detector.p_values(test), expected)
     assert set(np.round(detector.p_values(test) * 7, 9)) <= set(range(1, 8))
+
+
+# ---------------------------------------------------------------------------- cross-fitting
+
+
+class RecordingDetector(FastFlowDetector):
+    """Records, for cross-fitting's fold trainings, which images each trained on and which it scored."""
+
+    def _cross_fit(self, n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng):
+        self.folds_seen, trained = [], []
+        owners = train_items.owners if tiling is not None else np.asarray(train_indices)
+        train, score = self._train, self._threshold_scores
+
+        def recording_train(model, features, validation, rng, n_epochs=None, monitored=True):
+            trained.append((set(owners[features.positions].tolist()), n_epochs, monitored))
+            return train(model, features, validation, rng, n_epochs=n_epochs, monitored=monitored)
+
+        def recording_scores(model, images, indices, features, device, tiling):
+            self.folds_seen.append((*trained[-1], set(np.asarray(indices).tolist())))
+            return score(model, images, indices, features, device, tiling)
+
+        self._train, self._threshold_scores = recording_train, recording_scores
+        try:
+            return super()._cross_fit(n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng)
+        finally:
+            del self._train, self._threshold_scores
+
+
+@pytest.mark.parametrize("tiling", [{}, {"tile_size": 32}])
+def test_cross_fitting_scores_every_good_image_by_flows_that_never_trained_on_it(tiling):
+    good = textured_images(15, seed=7)
+    detector = RecordingDetector(**{**TINY, **tiling, "calibration_cv": 4, "n_threads": 1}).fit(good)
+    plain = FastFlowDetector(**TINY, **tiling, n_threads=1).fit(good)
+    assert detector.calibration_folds_ == 4 and len(detector.folds_seen) == 4
+    scored = set()
+    for trained_on, n_epochs, monitored, fold in detector.folds_seen:
+        assert not trained_on & fold  # no image (nor any tile of it) scored by flows that saw it
+        assert n_epochs == plain.best_epoch_ and not monitored
+        assert not fold & scored
+        scored |= fold
+    assert len(scored) == detector.n_train_samples_ == 13
+    assert len(detector.calibration_scores_) == 15
+    # The fitted flows are those of the fit without cross-fitting; the held-out images' scores are kept.
+    for name, weights in plain.model_.state_dict().items():
+        assert torch_equal(weights, detector.model_.state_dict()[name]), name
+    assert set(plain.calibration_scores_.tolist()) <= set(detector.calibration_scores_.tolist())
+    assert detector.offset_ == robust_offset(detector.calibration_scores_)
+
+
+def test_calibration_cv_auto_cross_fits_only_when_few_images_are_held_out():
+    few = FastFlowDetector(**{**TINY, "calibration_cv": "auto", "n_threads": 1}).fit(textured_images(12, seed=8))
+    assert few.calibration_folds_ == 5 and len(few.calibration_scores_) == 12
+    many = FastFlowDetector(**{**TINY, "calibration_cv": "auto", "n_threads": 1}, validation_fraction=0.75).fit(textured_images(40, seed=8))
+    assert many.n_validation_samples_ == 30 and many.calibration_folds_ is None and len(many.calibration_scores_) == 30
+
+
+def test_cross_fitting_replaces_in_sample_scores_without_early_stopping():
+    good = textured_images(10, seed=9)
+    detector = RecordingDetector(**{**TINY, "calibration_cv": 2, "n_threads": 1}, early_stopping=False).fit(good)
+    assert detector.n_validation_samples_ == 0 and len(detector.calibration_scores_) == 10
+    assert sorted(len(fold) for *_, fold in detector.folds_seen) == [5, 5]
+    assert all(n_epochs == detector.max_iter for _, n_epochs, _, _ in detector.folds_seen)
+
+
+def test_model_files_from_before_cross_fitting_load_as_calibrated_on_held_out_images():
+    detector = FastFlowDetector(**TINY).fit(textured_images(6, seed=11))
+    state = detector.__getstate__()
+    del state["calibration_cv"], state["calibration_folds_"]  # as pickled before cross-fitting existed
+    old = FastFlowDetector.__new__(FastFlowDetector)
+    old.__setstate__(state)
+    assert old.calibration_cv is None and old.calibration_folds_ is None
+    np.testing.assert_array_equal(old.calibration_scores_, detector.calibration_scores_)
+
+
+def test_more_folds_than_training_images_is_refused_with_a_remedy():
+    with pytest.raises(ValueError, match="calibration_cv=20 needs at least as many training images, got 5"):
+        FastFlowDetector(**{**TINY, "calibration_cv": 20}).fit(textured_images(6, seed=10))
 
 
 # ---------------------------------------------------------------------------- labelled defects

@@ -105,7 +105,7 @@ def test_aspect_input_size_keeps_the_aspect_ratio_on_a_multiple_of_32():
 
 # ---------------------------------------------------------------------------- the detector
 
-TINY = dict(pre_trained=False, flow_steps=1, max_iter=2, batch_size=8, inference_precision="float32", n_threads=1, random_state=0)
+TINY = dict(pre_trained=False, flow_steps=1, max_iter=2, batch_size=8, inference_precision="float32", n_threads=1, calibration_cv=None, random_state=0)
 
 
 def _texture(rng, height, width):

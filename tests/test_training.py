@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from skfastflow import FastFlowDetector
 from skfastflow.thresholds import labelled_offset, robust_offset
 
-TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, batch_size=8, n_threads=1, random_state=0)
+TINY = dict(backbone="test_resnet", pre_trained=False, input_size=32, batch_size=8, n_threads=1, calibration_cv=None, random_state=0)
 
 
 def textured_images(n_images: int, seed: int = 0) -> np.ndarray:
