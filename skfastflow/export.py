@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
+from torch.nn import functional as F
 
 from . import __version__
 from .nn.anomaly_map import scores_by_rule
@@ -75,6 +76,65 @@ class ScoringGraph(nn.Module):
         # (x - mean) / std as the torch detector normalises (skfastflow.images), op for op.
         maps = self.model((images - self.mean) / self.std)
         return maps[:, 0], scores_by_rule(maps, (self.image_score,), self.model.input_size)[self.image_score]
+
+
+class StaticSamePadding(nn.Module):
+    """A convolution with TensorFlow's "same" padding for one input size, the padding as constants.
+
+    timm's ``Conv2dSame`` (the stride-2 convolutions of the ``tf_`` EfficientNets) computes
+    its padding from the input's shape at every call; traced, that becomes Shape, Gather,
+    arithmetic and a Pad whose amounts are only known at run time, which onnxruntime and
+    OpenVINO can neither fold into the convolution nor keep in their blocked layouts. The
+    graph's input size is fixed, so the padding is too: the same zeros, as a constant Pad
+    that they fuse into the convolution (same arithmetic, same results).
+
+    Parameters
+    ----------
+    conv : torch.nn.Conv2d
+        The convolution (its own ``padding`` is ignored, as ``Conv2dSame`` ignores it).
+    input_size : tuple of int
+        ``(h, w)`` of its input in the exported graph.
+    """
+
+    def __init__(self, conv: nn.Conv2d, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = conv
+        amounts = [
+            max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            for size, kernel, stride, dilation in zip(input_size, conv.kernel_size, conv.stride, conv.dilation)
+        ]
+        # F.pad's order: left, right, top, bottom; the odd pixel goes right and below, as in TensorFlow.
+        (height, width) = amounts
+        self.padding = (width // 2, width - width // 2, height // 2, height - height // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        return F.conv2d(F.pad(x, self.padding), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+def with_static_padding(model):
+    """``model`` (a FastflowModel, changed in place) with its ``Conv2dSame`` layers as :class:`StaticSamePadding`.
+
+    Each layer's input size is read from one pass over a blank batch at ``input_size``.
+    """
+    from timm.layers import Conv2dSame
+
+    sizes = {}
+    hooks = [
+        module.register_forward_pre_hook(lambda module, args: sizes.__setitem__(module, tuple(args[0].shape[-2:])))
+        for module in model.modules()
+        if isinstance(module, Conv2dSame)
+    ]
+    try:
+        model.extract_features(torch.zeros(1, 3, *model.input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child in sizes:
+                setattr(parent, name, StaticSamePadding(child, sizes[child]))
+    return model
 
 
 def export_metadata(detector) -> dict:
@@ -176,7 +236,7 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
     path = _checked_destination(path, "export")
     if path.suffix.lower() == ".xml":
         raise ValueError(f"{str(path)!r}: the runtime reads .xml files as OpenVINO models; name the ONNX file e.g. {path.stem}.onnx.")
-    graph = ScoringGraph(copy.deepcopy(detector.model_).cpu().eval(), detector.image_score_).eval()
+    graph = ScoringGraph(with_static_padding(copy.deepcopy(detector.model_).cpu().eval()), detector.image_score_).eval()
     # Two images: a batch of one could let the tracer treat the batch axis as a constant 1.
     example = torch.zeros(2, 3, *graph.model.input_size)
     with tempfile.TemporaryDirectory(prefix=".", dir=path.parent) as folder:
@@ -198,6 +258,7 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
                 dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             )
         model = onnx.load(str(traced))
+        _drop_empty_optional_inputs(model.graph, "Pad")
         onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
         onnx.checker.check_model(model)
         write_atomically(path, lambda file: file.write(model.SerializeToString()), "export")
@@ -249,6 +310,21 @@ def export_openvino(detector, path, *, opset: int = 17) -> Path:
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(staged, path)
     return path
+
+
+def _drop_empty_optional_inputs(graph, op_type: str) -> None:
+    """Remove the empty trailing optional inputs of ``op_type`` nodes (the same node for ONNX).
+
+    torch writes ``Pad`` with an empty third input (no ``constant_value``: zeros);
+    onnxruntime's Pad fusion refuses a Pad with such an input, so the constant padding of
+    :class:`StaticSamePadding` would stay a separate pass in plain layout instead of
+    joining its convolution (measured: 4 Pad nodes and 3 pairs of layout reorders in
+    ``tf_efficientnet_lite0``).
+    """
+    for node in graph.node:
+        if node.op_type == op_type:
+            while node.input and not node.input[-1]:
+                node.input.pop()
 
 
 def _checked_destination(path, verb: str) -> Path:

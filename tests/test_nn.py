@@ -123,6 +123,25 @@ def test_affine_coupling_backward_passes_gradcheck():
         )
 
 
+@pytest.mark.parametrize("channels, kernel_size", [(2, 1), (5, 3), (40, 3)])
+def test_recorded_coupling_is_the_same_function_as_the_fused_one(channels, kernel_size):
+    """The graph recorders' path (constants folded into the subnet) gives the eager block's
+    latents and log-Jacobians, whether traced or exported."""
+    torch.manual_seed(channels)
+    block = AllInOneBlock(channels, kernel_size=kernel_size).eval()
+    with torch.no_grad():
+        block.global_scale.normal_(0.0, 1.0)
+        block.global_offset.normal_(0.0, 1.0)
+        for parameter in block.subnet.parameters():
+            parameter.normal_(0.0, 0.5)
+    x = torch.randn(3, channels, 6, 7)
+    with torch.no_grad():
+        eager = block(x)
+        traced = torch.jit.trace(block, x[:1], check_trace=False)(x)
+    torch.testing.assert_close(traced[0], eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(traced[1], eager[1], rtol=1e-5, atol=1e-3)
+
+
 def test_subnets_with_few_channels_convolve_in_nhwc():
     """Small subnets run NHWC convolutions (oneDNN's NCHW kernels are slow there), larger ones
     NCHW; the block's input and output stay NCHW either way."""
