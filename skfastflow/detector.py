@@ -185,7 +185,8 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         handful of held-out scores estimates the good-score tail poorly and training is
         short; none otherwise. None: the held-out images alone (the training images' own
         scores without ``early_stopping``). The fitted flows are the same either way; only
-        the calibration changes (``docs/quality.md``, *Verdicts*).
+        the calibration changes (``docs/quality.md``, *Verdicts*). A model search whose
+        scorer ignores ``offset_`` (likelihood, AUROC) runs faster with None.
     cache_features : bool, default=True
         Compute each training image's backbone features once and reuse them in every
         epoch (exact, since the backbone is frozen). Switch off when the features do not
@@ -577,6 +578,8 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         would. Every image is thus scored by flows that never saw it. Tiles stay with their
         image's fold.
         """
+        if self.verbose:
+            print(f"Cross-fitting {n_folds} folds for the calibration scores (calibration_cv)")
         fold_of_image = rng.permutation(len(train_indices)) % n_folds
         # Training items are the images themselves, or their tiles (TileView.owners: the image of each tile).
         item_images = np.searchsorted(train_indices, train_items.owners) if tiling is not None else np.arange(len(train_indices))

@@ -7,7 +7,8 @@ An image is flagged (``predict == -1``) when its score lies strictly below the t
 ``offset_``; a score equal to ``offset_`` is an inlier, as in scikit-learn.
 
 The *calibration scores* are the scores of good images the flows were not trained on (the
-held-out images of ``fit``). Three ways turn them into ``offset_``:
+held-out images of ``fit``, and with cross-fitting the out-of-fold scores of the training
+images: ``FastFlowDetector(calibration_cv=...)``). Three ways turn them into ``offset_``:
 
 - :func:`robust_offset`, the label-free default (``contamination="auto"``): a normal tail
   from the median and the median absolute deviation, so that one atypical good image
