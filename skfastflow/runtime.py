@@ -165,14 +165,15 @@ class RuntimeDetector(VerdictMixin):
         images = ImageInput(X, fitted_colour_mode=self.colour_mode_)
         for start in range(0, len(images), self.batch_size):
             indices = np.arange(start, min(start + self.batch_size, len(images)))
-            sizes, grey, inputs = zip(*(self._shrunk(images, int(index)) for index in indices))
-            images.check_colour(indices, np.array(grey, dtype=bool))
-            yield list(sizes), np.stack(inputs)
-
-    def _shrunk(self, images: ImageInput, index: int) -> tuple[tuple[int, int], bool, np.ndarray]:
-        """Image ``index``: its size, whether it is grey, and its graph input ``(3, *input_size_)``."""
-        image, grey = images.load(index)
-        return image.shape[:2], grey, _to_graph_input(image, self.input_size_)
+            # Each image is written into its place in the batch: no list of copies to stack.
+            batch = np.empty((len(indices), 3, *self.input_size_), dtype=np.float32)
+            sizes, grey = [], np.empty(len(indices), dtype=bool)
+            for position, index in enumerate(indices):
+                image, grey[position] = images.load(int(index))
+                sizes.append(image.shape[:2])
+                _to_graph_input(image, self.input_size_, out=batch[position])
+            images.check_colour(indices, grey)
+            yield sizes, batch
 
     def _batches(self, X):
         """Yield ``(original sizes, maps, scores (n,))`` batch by batch.
@@ -372,21 +373,25 @@ def _read_metadata(text: str | None, path: Path) -> dict:
 # ---------------------------------------------------------------------------- pixels
 
 
-def _to_graph_input(image: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """An image ``(H, W, C)``, C in {1, 3}, float32 in [0, 1] -> ``(3, *input_size)`` float32.
+def _to_graph_input(image: np.ndarray, input_size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """An image ``(H, W, C)``, C in {1, 3}, float32 in [0, 1] -> ``(3, *input_size)`` float32 (into ``out`` if given).
 
     Pillow's BILINEAR filter on float32 ("F" mode) images is the antialiased bilinear
     interpolation (a triangle filter widened by the downscaling factor) of the torch
-    detector; grey becomes RGB after resizing, as there.
+    detector; grey becomes RGB after resizing, as there. An image already at
+    ``input_size`` is copied as it is (Pillow's resize to the same size is a copy too).
     """
     height, width = input_size
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, channel])).resize((width, height), Image.BILINEAR))
-        for channel in range(image.shape[2])
-    ]
-    if len(channels) == 1:
-        channels *= 3
-    return np.stack(channels)
+    out = np.empty((3, height, width), dtype=np.float32) if out is None else out
+    if image.shape[:2] == (height, width):
+        out[...] = np.moveaxis(image, 2, 0)  # a grey channel broadcasts to all three
+        return out
+    for channel in range(image.shape[2]):
+        resized = Image.fromarray(np.ascontiguousarray(image[:, :, channel])).resize((width, height), Image.BILINEAR)
+        out[channel] = np.asarray(resized)
+    if image.shape[2] == 1:
+        out[1:] = out[0]
+    return out
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:

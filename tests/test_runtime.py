@@ -126,6 +126,17 @@ def test_images_are_resized_as_the_torch_detector_resizes_them(source, target, s
     np.testing.assert_allclose(resized, expected, rtol=0, atol=5e-5)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_images_at_input_size_reach_the_graph_unchanged(channels):
+    image = np.random.default_rng(channels).integers(0, 256, (24, 40, channels), dtype=np.uint8)
+    pixels = image.astype(np.float32) / np.float32(255)
+    expected = next(ImageCollection(image[None]).batches(1, (24, 40), (0.0,) * 3, (1.0,) * 3)).tensor[0].numpy()
+    out = np.full((3, 24, 40), np.nan, dtype=np.float32)
+    assert _to_graph_input(pixels, (24, 40), out=out) is out
+    np.testing.assert_array_equal(out, np.broadcast_to(np.moveaxis(pixels, 2, 0), (3, 24, 40)))
+    np.testing.assert_array_equal(out, expected)
+
+
 @given(
     source=st.tuples(st.integers(1, 40), st.integers(1, 40)),
     target=st.tuples(st.integers(1, 100), st.integers(1, 100)),
