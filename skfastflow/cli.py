@@ -381,15 +381,16 @@ def _keyword_or_fraction(*keywords: str):
 
 def _calibration_cv(text: str) -> str | int | None:
     """An argparse type for ``--calibration-cv``: ``auto``, ``none`` or a whole number of folds >= 2."""
-    if text.lower() in ("auto", "none"):
-        return None if text.lower() == "none" else "auto"
+    keyword = text.lower()
+    if keyword in ("auto", "none"):
+        return None if keyword == "none" else "auto"
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
+        folds = _positive_int(text)
+    except argparse.ArgumentTypeError:
+        folds = 0
+    if folds < 2:
         raise argparse.ArgumentTypeError(f"expected auto, none or a whole number of folds >= 2, e.g. 5, got {text!r}")
-    return value
+    return folds
 
 
 def _input_size_or_aspect(text: str):
