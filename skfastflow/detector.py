@@ -152,7 +152,7 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         values (at least one), or ``"max"``, the map's maximum as in the paper. ``"auto"``
         chooses among :data:`skfastflow.thresholds.IMAGE_SCORE_RULES` (max, top 0.1 %, 1 %,
         5 %): the rule that best separates labelled defects given to ``fit`` from the
-        held-out good images (highest AUROC), or without labelled defects the mean of the top
+        calibration scores of good images (highest AUROC), or without labelled defects the mean of the top
         1 %, the rule within 0.01 image AUROC of the best one on every real set measured
         (``docs/quality.md``, *Image score*). The rule in effect is ``image_score_``.
     contamination : "auto" or float, default="auto"

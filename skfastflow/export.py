@@ -16,7 +16,8 @@ backbone, the flows, the anomaly map and the image score:
 Everything else the detector applies when scoring travels as metadata (see
 :func:`export_metadata`): ``offset_``, ``input_size``, ``mean``/``std``, the image-score rule,
 the colour mode of the training images, the batch size, the package version and, when the
-detector keeps them, the held-out good images' scores for conformal p-values.
+detector keeps them, the calibration scores of good images (held out or out of fold) for
+conformal p-values.
 :class:`skfastflow.runtime.RuntimeDetector` reads the file back and scores images the way
 the torch detector does.
 
@@ -154,7 +155,7 @@ def export_metadata(detector) -> dict:
         an image to ``input_size``), ``image_score`` (``image_score_``, the rule in effect:
         ``"max"`` or the top fraction),
         ``offset`` (``offset_``), ``colour_mode`` (``colour_mode_``), ``batch_size``, and
-        ``calibration_scores``: the held-out good images' scores (the detector's
+        ``calibration_scores``: the calibration scores of good images (the detector's
         ``calibration_scores_``, for conformal p-values), or None when it has none
         (a detector pickled before skfastflow kept them), and ``tiling``: the detector's
         ``tiling_`` as ``[[tile_h, tile_w], [stride_h, stride_w]]``, or None.

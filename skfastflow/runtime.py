@@ -74,8 +74,8 @@ class RuntimeDetector(VerdictMixin):
     colour_mode_ : {"grey", "colour", "mixed"}
         Colour of the training images, which sets the colour check (as the torch detector's).
     calibration_scores_ : ndarray of shape (n_calibration,) or None
-        Scores of the held-out good images, for :meth:`p_values`; None when the exported
-        detector kept none.
+        Calibration scores of good images (held out or out of fold), for :meth:`p_values`;
+        None when the exported detector kept none.
     metadata_ : dict
         Everything the file records (:func:`skfastflow.export.export_metadata`).
 
