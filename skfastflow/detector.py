@@ -591,7 +591,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
                 self._train(model, outside, None, rng, n_epochs=n_epochs, monitored=False)
             model.eval()
             held = np.flatnonzero(fold_of_image == fold)
-            parts.append(self._threshold_scores(model, images, train_indices[held], FeatureSubset(train_features, held), device, tiling))
+            # Tiled images are scored through the scoring path (stitched maps), not from tile features.
+            held_features = FeatureSubset(train_features, held) if tiling is None else None
+            parts.append(self._threshold_scores(model, images, train_indices[held], held_features, device, tiling))
         return _concatenate_by_rule(parts)
 
     def _check_input_size(self) -> tuple[int, int]:

@@ -98,14 +98,15 @@ class StaticSamePadding(nn.Module):
     """
 
     def __init__(self, conv: nn.Conv2d, input_size: tuple[int, int]) -> None:
+        from timm.layers import get_same_padding  # the amounts Conv2dSame computes at run time
+
         super().__init__()
         self.conv = conv
-        amounts = [
-            max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+        height, width = (
+            get_same_padding(size, kernel, stride, dilation)
             for size, kernel, stride, dilation in zip(input_size, conv.kernel_size, conv.stride, conv.dilation)
-        ]
+        )
         # F.pad's order: left, right, top, bottom; the odd pixel goes right and below, as in TensorFlow.
-        (height, width) = amounts
         self.padding = (width // 2, width - width // 2, height // 2, height - height // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

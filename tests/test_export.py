@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import skfastflow
 from skfastflow import FastFlowDetector
 from skfastflow.cli import offline_pretrained_backbone
-from skfastflow.export import export_metadata, export_onnx, export_openvino
+from skfastflow.export import StaticSamePadding, export_metadata, export_onnx, export_openvino, with_static_padding
 from skfastflow.nn import FastflowModel
 from skfastflow.runtime import RuntimeDetector
 
@@ -200,3 +200,22 @@ def test_export_refuses_bad_destinations_and_unfitted_detectors(tiny, tmp_path):
     if OPENVINO:
         with pytest.raises(ValueError, match=r"an \.xml file"):
             export_openvino(tiny, tmp_path / "d.onnx")
+
+
+@pytest.mark.parametrize("input_size", [(64, 64), (67, 93)])
+def test_static_padding_replaces_every_dynamic_same_padding_with_the_same_function(input_size):
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    model = FastflowModel(input_size, "tf_efficientnet_lite0", pre_trained=False, flow_steps=1).eval()
+    n_dynamic = sum(isinstance(module, Conv2dSame) for module in model.modules())
+    static = with_static_padding(copy.deepcopy(model))
+    assert n_dynamic > 0 and sum(isinstance(module, StaticSamePadding) for module in static.modules()) == n_dynamic
+    dynamic_calls = []  # a wrapped Conv2dSame keeps its weights but its own forward never runs
+    for module in static.modules():
+        if isinstance(module, Conv2dSame):
+            module.register_forward_hook(lambda *args: dynamic_calls.append(args[0]))
+    x = torch.randn(2, 3, *input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), model(x), rtol=0, atol=0)
+    assert dynamic_calls == []

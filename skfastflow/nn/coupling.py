@@ -157,7 +157,9 @@ class AllInOneBlock(nn.Module):
         growth = torch.exp(sigmoid * (2.0 * self.clamp) + (torch.log(scale_active) - self.clamp)[None, :, None, None])
         passive = x1 * scale[:, :n_passive] + offset[:, :n_passive]
         y = torch.index_select(torch.cat((passive, x2 * growth + coupling[:, n_active:]), dim=1), 1, self.permutation)
-        # Only training graphs use the log-Jacobian; exporters drop it from scoring graphs.
+        # Only training graphs use the log-Jacobian; exporters drop it from scoring graphs. It
+        # is not reused for growth above: there -clamp joins log(scale2) in one constant, one
+        # pass over the map fewer per coupling step in the exported graph.
         log_scale = sigmoid * (2.0 * self.clamp) - self.clamp
         return y, log_scale.sum(dim=(1, 2, 3)) + x.shape[2] * x.shape[3] * torch.log(scale).sum()
 
