@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/verdicts.py DATA_DIR [DATA_DIR ...] [--seeds 0,1] [--labelled 5]
+    python benchmarks/verdicts.py DATA_DIR [DATA_DIR ...] [--seeds 0,1] [--labelled 5] [--save-scores DIR]
 
 For each folder and seed: one default fit on ``train/good`` (cross-fitting for the calibration
 scores where ``calibration_cv="auto"`` does it) (``tf_efficientnet_lite0`` with the
@@ -51,7 +51,7 @@ def verdict(y, scores, offset) -> dict:
     }
 
 
-def run(root: Path, seed: int, n_labelled: int) -> dict:
+def run(root: Path, seed: int, n_labelled: int, save_scores: Path | None = None) -> dict:
     backbone, weights = offline_pretrained_backbone()
     data = load_mvtec(root, lazy=True)
     X_test, y_test = np.array(data.X_test), data.y_test
@@ -64,6 +64,15 @@ def run(root: Path, seed: int, n_labelled: int) -> dict:
         detector.set_threshold(image_score=rule)
         scores[rule] = detector.score_samples(list(X_test))
     detector.set_threshold(image_score="auto")
+    if save_scores is not None:
+        save_scores.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            save_scores / f"{root.name}_{seed}.npz",
+            y_test=y_test,
+            **{f"calibration_{rule}": detector.set_threshold(image_score=rule).calibration_scores_ for rule in IMAGE_SCORE_RULES},
+            **{f"test_{rule}": scores[rule] for rule in IMAGE_SCORE_RULES},
+        )
+        detector.set_threshold(image_score="auto")
     row = {
         "calibration": f"{len(detector.calibration_scores_)}"
         + (f" ({detector.calibration_folds_}-fold)" if detector.calibration_folds_ else " (held out)"),
@@ -90,13 +99,14 @@ def main(argv=None) -> int:
     parser.add_argument("data_dirs", nargs="+", type=Path)
     parser.add_argument("--seeds", default="0", help="comma-separated random_state values (default: %(default)s)")
     parser.add_argument("--labelled", type=int, default=5, help="labelled defects given at fit (default: %(default)s)")
+    parser.add_argument("--save-scores", type=Path, default=None, metavar="DIR", help="write each fit's calibration and test scores per rule to DIR/SET_SEED.npz, to try other thresholds without refitting")
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print("| set | seed | calibration scores | fit s | rule | false alarms | recall | yardstick (5 %) | recall / yardstick | AUROC " + " / ".join(map(rule_name, IMAGE_SCORE_RULES)) + " | labelled: rule | false alarms | recall | yardstick | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for root in args.data_dirs:
         for seed in seeds:
-            row = run(root, seed, args.labelled)
+            row = run(root, seed, args.labelled, args.save_scores)
             default, labelled = row["default"], row["labelled"]
             ratio = default["recall"] / default["yardstick"] if default["yardstick"] else float("nan")
             labelled_ratio = labelled["recall"] / labelled["yardstick"] if labelled["yardstick"] else float("nan")

@@ -161,9 +161,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         ``calibration_cv``). With a float ``c``, ``offset_``
         is the ``c`` quantile of those scores (scikit-learn's meaning: about a share ``c`` of
         good images flagged). With ``"auto"`` and no labelled defects,
-        ``offset_ = median - 2.326 * 1.4826 * MAD`` of those scores, but never above the
+        ``offset_ = median - 2.054 * 1.4826 * MAD`` of those scores, but never above the
         score that flags 5 % of them (at least their lowest) when good scores are skewed or
-        form a second mode (:func:`skfastflow.thresholds.robust_offset`): it aims at 1 %
+        form a second mode (:func:`skfastflow.thresholds.robust_offset`): it aims at 2 %
         of good images flagged, and an atypical good image among them cannot drag it down, as it dragged
         the former rule (their minimum); with ``"auto"`` and labelled defects, the
         threshold that separates them from those good images best (maximum

@@ -39,7 +39,7 @@ IMAGE_SCORE_RULES = ("max", 0.001, 0.01, 0.05)
 DEFAULT_IMAGE_SCORE = 0.01
 
 #: The share of good images that ``contamination="auto"`` aims to flag.
-AUTO_FALSE_ALARM_RATE = 0.01
+AUTO_FALSE_ALARM_RATE = 0.02
 
 #: The largest share of the calibration images themselves that :func:`robust_offset` flags
 #: (at least one image): the cap on its normal tail.
@@ -74,7 +74,7 @@ def _normal_upper_quantile(rate: float) -> float:
 def robust_offset(calibration_scores, false_alarm_rate: float = AUTO_FALSE_ALARM_RATE) -> float:
     """Label-free threshold: ``median - z * 1.4826 * MAD`` of the calibration scores, capped at their 5 % order statistic.
 
-    ``z`` is the normal quantile with upper tail ``false_alarm_rate`` (2.326 for 1 %). The
+    ``z`` is the normal quantile with upper tail ``false_alarm_rate`` (2.054 for 2 %, the default). The
     median and the median absolute deviation (MAD) ignore up to half of the scores, so an
     atypical good image among them moves the threshold by at most one rank, unlike the
     minimum or the standard deviation.
@@ -92,7 +92,7 @@ def robust_offset(calibration_scores, false_alarm_rate: float = AUTO_FALSE_ALARM
     ----------
     calibration_scores : array-like of shape (n,)
         Scores of good images the flows were not trained on (higher = more normal).
-    false_alarm_rate : float in (0, 1), default=0.01
+    false_alarm_rate : float in (0, 1), default=0.02
         Share of good images meant to be flagged if their scores were normal.
 
     Returns

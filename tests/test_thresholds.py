@@ -11,6 +11,7 @@ from scipy.stats import norm
 from skfastflow import FastFlowDetector
 from skfastflow.metrics import recall_at_false_alarm_rates
 from skfastflow.thresholds import (
+    AUTO_FALSE_ALARM_RATE,
     IMAGE_SCORE_RULES,
     choose_image_score,
     conformal_offset,
@@ -41,8 +42,8 @@ def test_one_atypical_good_image_does_not_drag_the_threshold_down():
     with_odd = np.append(typical, 0.1)
     # Moved by the odd image by less than a tenth of the typical images' spread...
     assert abs(robust_offset(with_odd) - robust_offset(typical)) < 0.1 * 0.01
-    # ...and at 2.33 robust deviations (1 % of a normal tail) below their median.
-    assert robust_offset(typical) == pytest.approx(np.median(typical) - norm.ppf(0.99) * 1.4826 * np.median(np.abs(typical - 0.5)), rel=1e-6)
+    # ...and at the normal tail of the aimed false-alarm rate (2.05 robust deviations for 2 %) below their median.
+    assert robust_offset(typical) == pytest.approx(np.median(typical) - norm.ppf(1 - AUTO_FALSE_ALARM_RATE) * 1.4826 * np.median(np.abs(typical - 0.5)), rel=1e-6)
 
 
 def test_a_second_mode_of_good_scores_is_not_flagged_whole():
@@ -51,7 +52,7 @@ def test_a_second_mode_of_good_scores_is_not_flagged_whole():
     # the bulk (0.400) flagged that mode; the cap at the 5 % order statistic keeps all but the lowest.
     glass = [0.3763, 0.3822, 0.3861, 0.4111, 0.4172, 0.420, 0.421, 0.423, 0.426, 0.427, 0.429, 0.430, 0.432, 0.433, 0.435, 0.436, 0.440, 0.441]
     median = np.median(glass)
-    normal_tail = median - norm.ppf(0.99) * 1.482602218505602 * np.median(np.abs(np.subtract(glass, median)))
+    normal_tail = median - norm.ppf(1 - AUTO_FALSE_ALARM_RATE) * 1.482602218505602 * np.median(np.abs(np.subtract(glass, median)))
     assert normal_tail > 0.39
     assert robust_offset(glass) == 0.3822
 
@@ -67,7 +68,7 @@ def test_threshold_with_fewer_than_three_scores_is_their_minimum():
     assert robust_offset([0.2397, 0.1532]) == 0.1532
     assert robust_offset([0.4]) == 0.4
     # From exactly 3 scores on, the spread rule applies: MAD 0.1 around the median 0.5.
-    assert robust_offset([0.4, 0.5, 0.6]) == pytest.approx(0.5 - norm.ppf(0.99) * 1.482602218505602 * 0.1, rel=1e-12)
+    assert robust_offset([0.4, 0.5, 0.6]) == pytest.approx(0.5 - norm.ppf(1 - AUTO_FALSE_ALARM_RATE) * 1.482602218505602 * 0.1, rel=1e-12)
 
 
 @given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), st.floats(0.001, 0.5))
@@ -209,7 +210,7 @@ def test_labelled_offset_maximises_f1_or_reaches_the_recall_asked_for():
 def test_labelled_defects_never_lower_the_label_free_threshold():
     good, defects = np.linspace(0.4, 0.6, 21), [0.1, 0.2, 0.45, 0.5, 0.55]
     # Best F1 flags the two clear defects only (below 0.3); the label-free threshold flags more.
-    assert robust_offset(good) == pytest.approx(0.5 - norm.ppf(0.99) * 1.482602218505602 * 0.05)
+    assert robust_offset(good) == pytest.approx(0.5 - norm.ppf(1 - AUTO_FALSE_ALARM_RATE) * 1.482602218505602 * 0.05)
     assert labelled_offset(good, defects) == robust_offset(good)
     assert labelled_offset(good, defects, target_recall=0.4) == pytest.approx(0.3)  # asked for: no floor
 
