@@ -131,32 +131,26 @@ def _randomised(module):
     return module.eval()
 
 
-@pytest.mark.parametrize("channels, kernel_size", [(2, 1), (5, 3), (40, 3)])
-def test_recorded_coupling_is_the_same_function_as_the_fused_one(channels, kernel_size):
-    """The graph recorders' path (constants folded into the subnet) gives the eager block's
-    latents and log-Jacobians when traced."""
+RECORDED_MODULES = {  # name: (channels, module)
+    "step, 2 channels, 1x1": (2, lambda: AllInOneBlock(2, kernel_size=1)),
+    "step, 5 channels, 3x3": (5, lambda: AllInOneBlock(5, kernel_size=3)),
+    "step, 40 channels, 3x3": (40, lambda: AllInOneBlock(40, kernel_size=3)),
+    "flow, 5 channels, 3 steps": (5, lambda: FastFlowBlock(5, flow_steps=3)),
+    "flow, 24 channels, 8 steps": (24, lambda: FastFlowBlock(24, flow_steps=8)),
+}
+
+
+@pytest.mark.parametrize("name", list(RECORDED_MODULES))
+def test_recorded_path_is_the_same_function_as_the_eager_one(name):
+    """The graph recorders' path (constants folded into the subnet) gives the eager latents,
+    in the eager channel order, and log-Jacobians, for one coupling step and for whole flows."""
+    channels, make = RECORDED_MODULES[name]
     torch.manual_seed(channels)
-    block = _randomised(AllInOneBlock(channels, kernel_size=kernel_size))
+    module = _randomised(make())
     x = torch.randn(3, channels, 6, 7)
     with torch.no_grad():
-        eager = block(x)
-        traced = torch.jit.trace(block, x[:1], check_trace=False)(x)
-    torch.testing.assert_close(traced[0], eager[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(traced[1], eager[1], rtol=1e-5, atol=1e-3)
-
-
-@pytest.mark.parametrize("channels, flow_steps", [(2, 1), (5, 3), (24, 8)])
-def test_recorded_flow_is_the_same_function_as_the_eager_one(channels, flow_steps):
-    """A whole flow traced (each permutation gathering the next step's halves) gives the eager
-    flow's latents, in the eager channel order, and log-Jacobians."""
-    from skfastflow.nn.coupling import FastFlowBlock
-
-    torch.manual_seed(channels)
-    flow = _randomised(FastFlowBlock(channels, flow_steps=flow_steps))
-    x = torch.randn(3, channels, 6, 7)
-    with torch.no_grad():
-        eager = flow(x)
-        traced = torch.jit.trace(flow, x[:1], check_trace=False)(x)
+        eager = module(x)
+        traced = torch.jit.trace(module, x[:1], check_trace=False)(x)
     torch.testing.assert_close(traced[0], eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(traced[1], eager[1], rtol=1e-5, atol=1e-3)
 
