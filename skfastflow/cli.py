@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     fit.add_argument(
+        "--raw-maps",
+        dest="standardize_maps",
+        action="store_false",
+        help="score the flows' raw anomaly maps (in [-1, 0], as the paper and anomalib) instead of maps standardised "
+        "per pixel by the good training images' maps (default: standardised)",
+    )
+    fit.add_argument(
         "--defects",
         metavar="IMAGES_OR_DIR",
         nargs="+",
@@ -548,29 +555,33 @@ def _overlay_paths(image_paths: list[Path], out_dir: Path) -> list[Path]:
     ]
 
 
-def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, offset: float, out_path: Path) -> None:
+def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, detector, out_path: Path) -> None:
     """Save the heatmap over its image, the defect region outlined, the decision score written on it.
 
-    The colour scale is the same for every image, so pictures compare: the map's values lie
-    in [-1, 0], the image threshold on them is ``-offset_`` (with ``image_score="max"`` a pixel
-    above it alone makes the image defective; with a top fraction, enough of them do) and
-    sits in the middle of the scale; defect-free pixels stay dark.
+    The colour scale is the same for every image, so pictures compare: the image threshold
+    on the map is ``-offset_`` (with ``image_score="max"`` a pixel above it alone makes the
+    image defective; with a top fraction, enough of them do) and sits in the middle of the
+    scale; defect-free pixels stay dark. Standardised maps (``map_standardizer_``) are 0 where
+    a pixel is as usual for good images: the scale runs from 0 to twice the threshold (at
+    least to 1). Raw maps lie in [-1, 0]: the scale runs from twice the threshold to 0 (at
+    least from -0.5), also when offset_ puts the threshold out of the maps' reach.
     """
     from PIL import Image
 
     from .visualization import overlay_heatmap
 
-    pixel_threshold = -offset
-    # The scale runs from twice the threshold to 0, the threshold in the middle; it always
-    # spans at least [-0.5, 0], also when offset_ puts the threshold out of the maps' reach.
-    darkest = max(-1.0, min(2.0 * pixel_threshold, -0.5))
+    pixel_threshold = -detector.offset_
+    if detector.map_standardizer_ is not None:
+        low, high = 0.0, max(2.0 * pixel_threshold, 1.0)
+    else:
+        low, high = max(-1.0, min(2.0 * pixel_threshold, -0.5)), 0.0
     overlay = overlay_heatmap(
         read_image(image_path),  # as the detector saw it: the map has its displayed size
         anomaly_map,
         threshold=pixel_threshold,
         score=float(decision),
-        vmin=darkest,
-        vmax=0.0,
+        vmin=low,
+        vmax=high,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay).save(out_path)
@@ -632,6 +643,7 @@ def _run_fit(args) -> None:
         validation_fraction=args.validation_fraction,
         contamination=args.contamination,
         image_score=args.image_score,
+        standardize_maps=args.standardize_maps,
         target_recall=args.target_recall,
         calibration_cv=args.calibration_cv,
         n_threads=args.threads,
@@ -775,7 +787,7 @@ def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> Non
         f"{detector.n_validation_samples_} held out to set the threshold offset_={detector.offset_:.4f} "
         f"(image score: {'max' if detector.image_score_ == 'max' else f'mean of the top {detector.image_score_:.1%}'})."
     )
-    if detector.offset_ <= 0.0:
+    if detector.map_standardizer_ is None and detector.offset_ <= 0.0:  # raw maps' scores lie in [0, 1]
         print(
             f"{prefix}Warning: the threshold offset_={detector.offset_:.4f} is at or below every possible score (0 to 1), so no "
             "image will be called defective. Hold out more good images (--validation-fraction) or pass --contamination.",
@@ -846,7 +858,7 @@ def _run_predict(args) -> int:
                 if writer:
                     writer.writerow([str(path), f"{result.score:.6f}", f"{result.decision:.6f}", result.verdict, ""])
                 if overlay_paths:
-                    _write_overlay(path, result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+                    _write_overlay(path, result.anomaly_map, result.decision, detector, overlay_paths[position])
     unreadable = f"{counts['error']} could not be scored (named above), " if counts["error"] else ""
     print(
         f"{len(paths)} images: {unreadable}{counts['defective']} defective, {counts['good']} good "
@@ -940,7 +952,7 @@ def evaluate_folder(detector, mvtec_dir, maps_dir=None) -> dict:
         masks.append(mask)
         kept.append(position)
         if overlay_paths:
-            _write_overlay(paths[position], result.anomaly_map, result.decision, detector.offset_, overlay_paths[position])
+            _write_overlay(paths[position], result.anomaly_map, result.decision, detector, overlay_paths[position])
     if not kept:
         raise ValueError(f"no test image of {str(mvtec_dir)!r} could be scored; the first error: {errors[0][1]}")
     scores = np.asarray(scores)

@@ -8,10 +8,12 @@ backbone, the flows, the anomaly map and the image score:
   channels. The graph itself subtracts the backbone's ``mean`` and divides by its ``std``,
   so a program in any language only has to resize;
 - output ``anomaly_maps``: float32 ``(N, H, W)`` at ``input_size``, higher = more
-  anomalous, in ``[-1, 0]``, as :meth:`~skfastflow.FastFlowDetector.predict_maps` gives them
-  before resizing to each image's size;
+  anomalous, as :meth:`~skfastflow.FastFlowDetector.predict_maps` gives them before resizing
+  to each image's size: standardised per pixel by the detector's ``map_standardizer_`` (its
+  statistics are constants of the graph), or in ``[-1, 0]`` without one. With tiling the
+  graph scores tiles and returns their raw maps; the runtime stitches and standardises them;
 - output ``scores``: float32 ``(N,)``, ``score_samples`` under the fitted detector's
-  image-score rule ``image_score_`` (higher = more normal, in ``[0, 1]``).
+  image-score rule ``image_score_`` (higher = more normal), taken over ``anomaly_maps``.
 
 Everything else the detector applies when scoring travels as metadata (see
 :func:`export_metadata`): ``offset_``, ``input_size``, ``mean``/``std``, the image-score rule,
@@ -47,9 +49,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
+from .map_standardization import MapStandardizer
 from .nn.anomaly_map import scores_by_rule
 from .persistence import write_atomically
-from .runtime import INPUT_NAME, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAMES
+from .runtime import INPUT_NAME, METADATA_FORMAT, METADATA_KEY, OUTPUT_NAMES, encode_standardizer
 
 
 class ScoringGraph(nn.Module):
@@ -62,20 +65,31 @@ class ScoringGraph(nn.Module):
     image_score : "max" or float
         The fitted detector's image-score rule, ``image_score_`` (see
         :func:`skfastflow.nn.anomaly_map.scores_by_rule`).
+    standardizer : MapStandardizer or None, default=None
+        The fitted detector's ``map_standardizer_`` (None with tiling, whose stitched maps
+        the runtime standardises): the maps are standardised by it (its statistics at
+        ``input_size``, as constants) before the image score.
     """
 
-    def __init__(self, model, image_score: str | float) -> None:
+    def __init__(self, model, image_score: str | float, standardizer: MapStandardizer | None = None) -> None:
         super().__init__()
         self.model = model
         self.image_score = image_score
         extractor = model.feature_extractor
         self.register_buffer("mean", torch.tensor(extractor.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(extractor.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.standardized = standardizer is not None
+        if self.standardized:
+            map_mean, map_scale = standardizer.at_size(model.input_size)
+            self.register_buffer("map_mean", torch.from_numpy(map_mean.copy()).view(1, 1, *model.input_size))
+            self.register_buffer("map_scale", torch.from_numpy(map_scale.copy()).view(1, 1, *model.input_size))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(anomaly_maps (N, H, W), scores (N,))`` of RGB ``images`` ``(N, 3, H, W)`` in ``[0, 1]``."""
         # (x - mean) / std as the torch detector normalises (skfastflow.images), op for op.
         maps = self.model((images - self.mean) / self.std)
+        if self.standardized:
+            maps = (maps - self.map_mean) / self.map_scale
         return maps[:, 0], scores_by_rule(maps, (self.image_score,), self.model.input_size)[self.image_score]
 
 
@@ -158,14 +172,20 @@ def export_metadata(detector) -> dict:
         ``offset`` (``offset_``), ``colour_mode`` (``colour_mode_``), ``batch_size``, and
         ``calibration_scores``: the calibration scores of good images (the detector's
         ``calibration_scores_``, for conformal p-values), or None when it has none
-        (a detector pickled before skfastflow kept them), and ``tiling``: the detector's
-        ``tiling_`` as ``[[tile_h, tile_w], [stride_h, stride_w]]``, or None.
+        (a detector pickled before skfastflow kept them), ``tiling``: the detector's
+        ``tiling_`` as ``[[tile_h, tile_w], [stride_h, stride_w]]``, or None, and
+        ``map_standardization``: the detector's ``map_standardizer_``
+        (:func:`skfastflow.runtime.encode_standardizer`: its size and its float32 ``mean``
+        and ``scale`` in base64), or None. ``format`` is 1 for files without map
+        standardisation, which older runtimes read as before, and 2 with it, which they
+        refuse rather than score tiled images by raw maps.
     """
     check_is_fitted(detector)
     model = detector.model_
     calibration = getattr(detector, "calibration_scores_", None)
+    standardizer = getattr(detector, "map_standardizer_", None)  # None in detectors pickled before it existed
     return {
-        "format": METADATA_FORMAT,
+        "format": 1 if standardizer is None else METADATA_FORMAT,
         "skfastflow_version": __version__,
         "backbone": detector.backbone,
         "input_size": list(model.input_size),
@@ -178,6 +198,7 @@ def export_metadata(detector) -> dict:
         "batch_size": int(detector.batch_size),
         "calibration_scores": None if calibration is None else [float(score) for score in calibration],
         "tiling": _tiling_of(detector),
+        "map_standardization": None if standardizer is None else encode_standardizer(standardizer),
     }
 
 
@@ -238,7 +259,10 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
     path = _checked_destination(path, "export")
     if path.suffix.lower() == ".xml":
         raise ValueError(f"{str(path)!r}: the runtime reads .xml files as OpenVINO models; name the ONNX file e.g. {path.stem}.onnx.")
-    graph = ScoringGraph(with_static_padding(copy.deepcopy(detector.model_).cpu().eval()), detector.image_score_).eval()
+    model = with_static_padding(copy.deepcopy(detector.model_).cpu().eval())
+    # Tiled maps are standardised after stitching, by the runtime (metadata), not per tile by the graph.
+    standardizer = getattr(detector, "map_standardizer_", None) if _tiling_of(detector) is None else None
+    graph = ScoringGraph(model, detector.image_score_, standardizer).eval()
     # Two images: a batch of one could let the tracer treat the batch axis as a constant 1.
     example = torch.zeros(2, 3, *graph.model.input_size)
     with tempfile.TemporaryDirectory(prefix=".", dir=path.parent) as folder:

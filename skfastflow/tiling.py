@@ -233,13 +233,14 @@ def stitched_scores(anomaly_map: np.ndarray, rules) -> dict:
     Parameters
     ----------
     anomaly_map : ndarray of shape (H, W)
-        A map from :func:`stitch`, values in ``[-1, 0]``.
+        A map from :func:`stitch` (raw, in ``[-1, 0]``, or standardised by
+        :mod:`skfastflow.map_standardization`).
     rules : iterable of "max" or float
 
     Returns
     -------
     dict
-        ``{rule: float}``, in ``[0, 1]``.
+        ``{rule: float}`` (in ``[0, 1]`` for raw maps).
     """
     values = np.asarray(anomaly_map, dtype=np.float64).ravel()
     scores = {}
@@ -247,6 +248,43 @@ def stitched_scores(anomaly_map: np.ndarray, rules) -> dict:
         count = 1 if rule == "max" else max(1, round(rule * values.size))
         scores[rule] = -float(np.partition(values, values.size - count)[values.size - count :].mean())
     return scores
+
+
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a map ``(h, w)`` to ``size`` ``(H, W)`` by bilinear interpolation (``align_corners=False``).
+
+    The interpolation of :func:`torch.nn.functional.interpolate` (``mode="bilinear"``, no
+    antialiasing), with which the torch detector returns its maps to each image's size.
+
+    Parameters
+    ----------
+    anomaly_map : ndarray of shape (h, w)
+    size : tuple of int
+        ``(H, W)``.
+
+    Returns
+    -------
+    resized : ndarray of shape (H, W), dtype of ``anomaly_map``
+    """
+    if tuple(anomaly_map.shape) == tuple(size):
+        return anomaly_map
+    rows_low, rows_high, rows_weight = _bilinear_taps(anomaly_map.shape[0], size[0])
+    columns_low, columns_high, columns_weight = _bilinear_taps(anomaly_map.shape[1], size[1])
+    values = anomaly_map.astype(np.float64)
+    values = values[rows_low] * (1.0 - rows_weight)[:, None] + values[rows_high] * rows_weight[:, None]
+    values = values[:, columns_low] * (1.0 - columns_weight) + values[:, columns_high] * columns_weight
+    return values.astype(anomaly_map.dtype)
+
+
+def _bilinear_taps(n_in: int, n_out: int):
+    """Source indices (lower, upper) and the upper one's weight of each output pixel, as torch computes them.
+
+    Output pixel ``i`` samples the input at ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0
+    below; past the last pixel both taps are the last pixel.
+    """
+    source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.intp), n_in - 1)
+    return low, np.minimum(low + 1, n_in - 1), source - low
 
 
 def aspect_input_size(image_size: tuple[int, int], short_side: int = 256, multiple: int = 32) -> tuple[int, int]:
@@ -291,4 +329,4 @@ def aspect_input_size(image_size: tuple[int, int], short_side: int = 256, multip
     return (short_side, long_side) if height <= width else (long_side, short_side)
 
 
-__all__ = ["MapStitcher", "TileBox", "aspect_input_size", "check_tiling", "stitch", "stitched_scores", "tile_boxes"]
+__all__ = ["MapStitcher", "TileBox", "aspect_input_size", "check_tiling", "resize_map", "stitch", "stitched_scores", "tile_boxes"]

@@ -23,7 +23,8 @@ from skfastflow.cli import main
 from skfastflow.export import export_onnx
 from skfastflow.images import ImageCollection
 from skfastflow.persistence import save
-from skfastflow.runtime import RuntimeDetector, _to_graph_input, resize_map
+from skfastflow.runtime import RuntimeDetector, _to_graph_input
+from skfastflow.tiling import resize_map
 
 REPO = Path(__file__).resolve().parents[1]
 # Importing any of these fails in the "line PC" subprocesses below.

@@ -120,26 +120,34 @@ def test_detector_p_values_compare_scores_with_the_held_out_good_images():
 
 
 class RecordingDetector(FastFlowDetector):
-    """Records, for cross-fitting's fold trainings, which images each trained on and which it scored."""
+    """Records, for cross-fitting's fold trainings, which images each trained on, whose maps
+    standardised its scores, and which images it scored."""
 
-    def _cross_fit(self, n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng):
-        self.folds_seen, trained = [], []
+    def _cross_fit(self, n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer):
+        self.folds_seen, trained, standardized_by = [], [], []
         owners = train_items.owners if tiling is not None else np.asarray(train_indices)
-        train, score = self._train, self._threshold_scores
+        train, score, standardizer_of = self._train, self._threshold_scores, self._good_map_standardizer
 
         def recording_train(model, features, validation, rng, n_epochs=None, monitored=True):
             trained.append((set(owners[features.positions].tolist()), n_epochs, monitored))
             return train(model, features, validation, rng, n_epochs=n_epochs, monitored=monitored)
 
-        def recording_scores(model, images, indices, features, device, tiling):
-            self.folds_seen.append((*trained[-1], set(np.asarray(indices).tolist())))
-            return score(model, images, indices, features, device, tiling)
+        def recording_standardizer(model, features, device, tiles):
+            standardized_by.append(set(owners[features.positions].tolist()))
+            return standardizer_of(model, features, device, tiles)
 
-        self._train, self._threshold_scores = recording_train, recording_scores
+        def recording_scores(model, images, indices, features, device, tiling, standardizer):
+            assert standardizer is not None
+            self.folds_seen.append((*trained[-1], standardized_by[-1], set(np.asarray(indices).tolist())))
+            return score(model, images, indices, features, device, tiling, standardizer)
+
+        self._train, self._threshold_scores, self._good_map_standardizer = recording_train, recording_scores, recording_standardizer
         try:
-            return super()._cross_fit(n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng)
+            return super()._cross_fit(
+                n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer
+            )
         finally:
-            del self._train, self._threshold_scores
+            del self._train, self._threshold_scores, self._good_map_standardizer
 
 
 @pytest.mark.parametrize("tiling", [{}, {"tile_size": 32}])
@@ -149,8 +157,9 @@ def test_cross_fitting_scores_every_good_image_by_flows_that_never_trained_on_it
     plain = FastFlowDetector(**TINY, **tiling, n_threads=1).fit(good)
     assert detector.calibration_folds_ == 4 and len(detector.folds_seen) == 4
     scored = set()
-    for trained_on, n_epochs, monitored, fold in detector.folds_seen:
+    for trained_on, n_epochs, monitored, standardized_by, fold in detector.folds_seen:
         assert not trained_on & fold  # no image (nor any tile of it) scored by flows that saw it
+        assert standardized_by == trained_on  # nor standardised by statistics that include it
         assert n_epochs == plain.best_epoch_ and not monitored
         assert not fold & scored
         scored |= fold
@@ -175,7 +184,7 @@ def test_cross_fitting_replaces_in_sample_scores_without_early_stopping():
     detector = RecordingDetector(**{**TINY, "calibration_cv": 2, "n_threads": 1}, early_stopping=False).fit(good)
     assert detector.n_validation_samples_ == 0 and len(detector.calibration_scores_) == 10
     assert sorted(len(fold) for *_, fold in detector.folds_seen) == [5, 5]
-    assert all(n_epochs == detector.max_iter for _, n_epochs, _, _ in detector.folds_seen)
+    assert all(n_epochs == detector.max_iter for _, n_epochs, _, _, _ in detector.folds_seen)
 
 
 def test_model_files_from_before_cross_fitting_load_as_calibrated_on_held_out_images():

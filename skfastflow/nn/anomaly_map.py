@@ -47,7 +47,8 @@ def scores_by_rule(maps: torch.Tensor, rules, input_size: tuple[int, int]) -> di
     Parameters
     ----------
     maps : Tensor of shape (N, 1, H, W)
-        Anomaly maps at ``input_size``, values in ``[-1, 0]``.
+        Anomaly maps at ``input_size``: raw, in ``[-1, 0]``, or standardised
+        (:mod:`skfastflow.map_standardization`), any real values.
     rules : iterable of "max" or float
         ``"max"``: the map's maximum (the paper's rule); a float ``q`` in ``(0, 0.5]``: the
         mean of the map's highest ``round(q * H * W)`` values (at least one).
@@ -58,7 +59,7 @@ def scores_by_rule(maps: torch.Tensor, rules, input_size: tuple[int, int]) -> di
     Returns
     -------
     scores : dict
-        ``{rule: Tensor (N,)}``: minus the rule's value, in ``[0, 1]``, in the maps' dtype.
+        ``{rule: Tensor (N,)}``: minus the rule's value (in ``[0, 1]`` for raw maps), in the maps' dtype.
     """
     values = maps.flatten(1)
     n_pixels = input_size[0] * input_size[1]
