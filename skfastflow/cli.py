@@ -561,10 +561,11 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, d
     The colour scale is the same for every image, so pictures compare: the image threshold
     on the map is ``-offset_`` (with ``image_score="max"`` a pixel above it alone makes the
     image defective; with a top fraction, enough of them do) and sits in the middle of the
-    scale; defect-free pixels stay dark. Standardised maps (``map_standardizer_``) are 0 where
-    a pixel is as usual for good images: the scale runs from 0 to twice the threshold (at
-    least to 1). Raw maps lie in [-1, 0]: the scale runs from twice the threshold to 0 (at
-    least from -0.5), also when offset_ puts the threshold out of the maps' reach.
+    scale; defect-free pixels stay dark. With ``map_standardizer_`` the picture shows the
+    standardised map, the one the verdict rests on (0 where a pixel is as usual for good
+    images): the scale runs from 0 to twice the threshold (at least to 1). Raw maps lie in
+    [-1, 0]: the scale runs from twice the threshold to 0 (at least from -0.5), also when
+    offset_ puts the threshold out of the maps' reach.
     """
     from PIL import Image
 
@@ -572,6 +573,7 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, d
 
     pixel_threshold = -detector.offset_
     if detector.map_standardizer_ is not None:
+        anomaly_map = detector.map_standardizer_(anomaly_map)
         low, high = 0.0, max(2.0 * pixel_threshold, 1.0)
     else:
         low, high = max(-1.0, min(2.0 * pixel_threshold, -0.5)), 0.0

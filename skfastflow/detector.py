@@ -160,15 +160,15 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
     standardize_maps : bool, default=True
         Standardise each pixel of the anomaly map by the maps of the good images the flows
         trained on, ``(map - mean) / (std + median(std))`` per pixel
-        (:mod:`skfastflow.map_standardization`), before the image score and in
-        :meth:`predict_maps`: a pixel scores by how unusual its value is *there*, so the
-        places where good images' maps run hot as a matter of course (a rim, the edge of a
-        fixture) stop drowning the defects. Measured on the four real sets (``docs/quality.md``,
-        *Maps standardised per pixel*): image AUROC up by 0.01 to 0.11 where there was room
-        (tire, magnetic_tile, pitting), glass unchanged. The statistics come from the
+        (:mod:`skfastflow.map_standardization`), before the image score: a pixel scores by
+        how unusual its value is *there*, so the places where good images' maps run hot as
+        a matter of course (a rim, the edge of a fixture) stop drowning the defects.
+        :meth:`predict_maps` still returns the raw maps, which localise better (measured on
+        the four real sets, ``docs/quality.md``, *Maps standardised per pixel*: image AUROC
+        up where there was room, pixel metrics down on tire). The statistics come from the
         training images' maps (one more pass of the flows over the cached features, no
         backbone pass); cross-fitting standardises each fold by its own flows. False: the
-        paper's and anomalib's raw maps, in ``[-1, 0]``, and scores in ``[0, 1]``.
+        paper's and anomalib's image score, over the raw map, in ``[0, 1]``.
     contamination : "auto" or float, default="auto"
         Sets ``offset_`` from the scores of good images the flows did not train on,
         ``calibration_scores_`` (held-out images and out-of-fold scores, see
@@ -304,7 +304,8 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         Per-pixel mean and scale of the training images' maps
         (:class:`skfastflow.map_standardization.MapStandardizer`; at ``input_size``, or with
         tiling at the training images' most common size, resized to each map's size), which
-        standardise every map; None without ``standardize_maps``.
+        standardise every map before its image score (``map_standardizer_(m)`` for a map ``m``
+        of any size); None without ``standardize_maps``.
     calibration_folds_ : int or None
         Folds of the cross-fitting behind ``calibration_scores_`` (``calibration_cv``
         resolved); None without.
@@ -335,11 +336,13 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
     -----
     The image score is the mean of the top 1 % of the anomaly map at ``input_size`` (or
     another fraction, or its maximum: ``image_score``), negated so that lower means more
-    abnormal, as in scikit-learn. With ``standardize_maps`` (the default) the map is in
-    units of the good images' spread at each pixel: about 0 where a pixel is as usual, a few
-    units at the good images' hottest pixels, tens at clear defects; the scores are their
-    negated top values, so good images score around -1 to -5 and defects lower (no fixed
-    range). Without it, maps lie in ``[-1, 0]`` and ``score_samples`` in ``[0, 1]``.
+    abnormal, as in scikit-learn. With ``standardize_maps`` (the default) the map is first
+    put in units of the good images' spread at each pixel (``map_standardizer_``): about 0
+    where a pixel is as usual, a few units at the good images' hottest pixels, tens at clear
+    defects; the scores are their negated top values, so good images score around -1 to -5
+    and defects lower (no fixed range). Without it, ``score_samples`` lies in ``[0, 1]``.
+    Maps (:meth:`predict_maps`) are raw either way, in ``[-1, 0]``;
+    ``map_standardizer_(m)`` gives the standardised map behind the score of a map ``m``.
 
     Labelled defects (``y == -1`` in :meth:`fit`) are scored, never trained on: they only
     choose the image-score rule (``image_score="auto"``) and place the threshold
@@ -906,12 +909,12 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         """``{rule: scores}`` of the images at ``indices`` through the scoring path, for every candidate rule."""
         rules = self._candidate_rules() if rules is None else rules
         return _concatenate_by_rule(
-            [_scores_by_rule(maps, rules) for _, maps in self._image_maps(model, images, device, indices, tiling, standardizer)]
+            [_scores_by_rule(_standardized(maps, standardizer), rules) for _, maps in self._image_maps(model, images, device, indices, tiling)]
         )
 
     def _image_scores(self, maps) -> torch.Tensor:
         """``score_samples`` of anomaly maps (see :meth:`_image_maps`) under ``image_score_``: the one rule."""
-        return _scores_by_rule(maps, (self.image_score_,))[self.image_score_]
+        return _scores_by_rule(_standardized(maps, self.map_standardizer_), (self.image_score_,))[self.image_score_]
 
     def _good_map_standardizer(self, model: FastflowModel, features, device: torch.device, tiles: TileView | None) -> MapStandardizer | None:
         """The :class:`~skfastflow.map_standardization.MapStandardizer` of the maps of the good images
@@ -958,26 +961,24 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         """Iterator of ``(ImageBatch, maps)`` of ``X`` (see :meth:`_image_maps`)."""
         check_is_fitted(self)
         images = ImageCollection(X, fitted_colour_mode=self.colour_mode_)
-        return self._image_maps(self.model_, images, self.device_, tiling=self.tiling_, standardizer=self.map_standardizer_)
+        return self._image_maps(self.model_, images, self.device_, tiling=self.tiling_)
 
-    def _image_maps(
-        self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray | None = None, tiling=None, standardizer=None
-    ):
+    def _image_maps(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices: np.ndarray | None = None, tiling=None):
         """Yield ``(ImageBatch, maps)`` of ``images`` (or of those at ``indices``): the one scorer.
 
         Without tiling, ``maps`` is a tensor ``(n, 1, *input_size)`` of the batch's images;
         with tiling, a list holding the stitched map ``(H, W)`` (float32 ndarray, the image's
-        own size) of the one image of the batch. Standardised by ``standardizer`` when given.
+        own size) of the one image of the batch. Raw maps: the image scores standardise them
+        (:func:`_standardized`).
         """
         if tiling is not None:
-            for batch, maps in self._stitched_maps(model, images, device, indices, tiling):
-                yield batch, _standardized(maps, standardizer)
+            yield from self._stitched_maps(model, images, device, indices, tiling)
             return
         extractor = model.feature_extractor
         with torch.inference_mode():
             for batch in images.batches(self.batch_size, model.input_size, extractor.mean, extractor.std, indices=indices):
                 refresh_threads()
-                yield batch, _standardized(self._tensor_maps(model, batch.tensor, device), standardizer)
+                yield batch, self._tensor_maps(model, batch.tensor, device)
 
     def _tensor_maps(self, model: FastflowModel, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Anomaly maps ``(n, 1, *input_size)`` of normalised images (or tiles) ``(n, 3, *input_size)``."""
@@ -1048,9 +1049,8 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         -------
         maps : ndarray of shape (n_samples, H, W) or list of ndarray
             An array when all images have the same size, else a list of ``(H_i, W_i)``
-            arrays, float32. Standardised per pixel (``standardize_maps``): 0 where a
-            pixel is as usual for good images, in units of their spread there; else in
-            ``[-1, 0]``.
+            arrays, float32. Values lie in ``[-1, 0]`` (raw maps: the image score
+            standardises them first with ``standardize_maps``, see ``map_standardizer_``).
         scores : ndarray of shape (n_samples,), dtype float64
             Only with ``return_scores=True``: exactly ``score_samples(X)``. The image score
             is taken from the map at ``input_size``, before resizing.

@@ -8,12 +8,13 @@ backbone, the flows, the anomaly map and the image score:
   channels. The graph itself subtracts the backbone's ``mean`` and divides by its ``std``,
   so a program in any language only has to resize;
 - output ``anomaly_maps``: float32 ``(N, H, W)`` at ``input_size``, higher = more
-  anomalous, as :meth:`~skfastflow.FastFlowDetector.predict_maps` gives them before resizing
-  to each image's size: standardised per pixel by the detector's ``map_standardizer_`` (its
-  statistics are constants of the graph), or in ``[-1, 0]`` without one. With tiling the
-  graph scores tiles and returns their raw maps; the runtime stitches and standardises them;
+  anomalous, in ``[-1, 0]``, as :meth:`~skfastflow.FastFlowDetector.predict_maps` gives them
+  before resizing to each image's size;
 - output ``scores``: float32 ``(N,)``, ``score_samples`` under the fitted detector's
-  image-score rule ``image_score_`` (higher = more normal), taken over ``anomaly_maps``.
+  image-score rule ``image_score_`` (higher = more normal), over the maps standardised per
+  pixel by the detector's ``map_standardizer_`` (its statistics are constants of the graph)
+  when it has one. With tiling the graph scores tiles; the runtime stitches their maps,
+  standardises the stitched map and takes its score.
 
 Everything else the detector applies when scoring travels as metadata (see
 :func:`export_metadata`): ``offset_``, ``input_size``, ``mean``/``std``, the image-score rule,
@@ -67,8 +68,8 @@ class ScoringGraph(nn.Module):
         :func:`skfastflow.nn.anomaly_map.scores_by_rule`).
     standardizer : MapStandardizer or None, default=None
         The fitted detector's ``map_standardizer_`` (None with tiling, whose stitched maps
-        the runtime standardises): the maps are standardised by it (its statistics at
-        ``input_size``, as constants) before the image score.
+        the runtime standardises): the image score is taken over the maps standardised by
+        it (its statistics at ``input_size``, as constants); the maps are returned raw.
     """
 
     def __init__(self, model, image_score: str | float, standardizer: MapStandardizer | None = None) -> None:
@@ -88,9 +89,8 @@ class ScoringGraph(nn.Module):
         """``(anomaly_maps (N, H, W), scores (N,))`` of RGB ``images`` ``(N, 3, H, W)`` in ``[0, 1]``."""
         # (x - mean) / std as the torch detector normalises (skfastflow.images), op for op.
         maps = self.model((images - self.mean) / self.std)
-        if self.standardized:
-            maps = (maps - self.map_mean) / self.map_scale
-        return maps[:, 0], scores_by_rule(maps, (self.image_score,), self.model.input_size)[self.image_score]
+        scored = (maps - self.map_mean) / self.map_scale if self.standardized else maps
+        return maps[:, 0], scores_by_rule(scored, (self.image_score,), self.model.input_size)[self.image_score]
 
 
 class StaticSamePadding(nn.Module):

@@ -71,8 +71,9 @@ class RuntimeDetector(VerdictMixin):
         The exported detector's ``image_score`` rule (applied inside the graph; with
         tiling, to the stitched map).
     map_standardizer_ : MapStandardizer or None
-        The exported detector's ``map_standardizer_``: maps are standardised per pixel by
-        it (inside the graph; with tiling, here, after stitching) before the image score.
+        The exported detector's ``map_standardizer_``: the image score is taken over the
+        maps standardised per pixel by it (inside the graph; with tiling, here, after
+        stitching); the maps returned stay raw.
     tiling_ : ((int, int), (int, int)) or None
         The exported detector's tile size and stride (its ``tiling_``): images are cut,
         scored tile by tile and stitched as the torch detector does
@@ -214,9 +215,9 @@ class RuntimeDetector(VerdictMixin):
                 remaining[index] -= 1
                 if remaining[index] == 0:
                     stitched = stitchers.pop(index).result()
-                    if self.map_standardizer_ is not None:  # whole images: the graph standardised them
-                        stitched = self.map_standardizer_(stitched)
-                    score = stitched_scores(stitched, (self.image_score_,))[self.image_score_]
+                    # Whole images' scores come standardised from the graph; stitched maps, here.
+                    scored = stitched if self.map_standardizer_ is None else self.map_standardizer_(stitched)
+                    score = stitched_scores(scored, (self.image_score_,))[self.image_score_]
                     yield [stitched.shape], [stitched], np.array([score])
             pending.clear()
 
@@ -266,8 +267,7 @@ class RuntimeDetector(VerdictMixin):
         -------
         maps : ndarray of shape (n_samples, H, W) or list of ndarray
             float32, an array when all images have the same size, else a list of
-            ``(H_i, W_i)`` arrays, as the torch detector's: standardised per pixel, or in
-            ``[-1, 0]``.
+            ``(H_i, W_i)`` arrays. Values lie in ``[-1, 0]``.
         scores : ndarray of shape (n_samples,), dtype float64
             Only with ``return_scores=True``: exactly ``score_samples(X)``.
         """

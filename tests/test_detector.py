@@ -14,7 +14,6 @@ from scipy.ndimage import binary_dilation
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from conftest import carried_tolerance
 from skfastflow import FastFlowDetector
 from skfastflow.thresholds import robust_offset
 from skfastflow.datasets import make_defect_images
@@ -104,7 +103,7 @@ def test_each_map_of_a_mixed_size_list_is_the_map_of_that_image_scored_alone(det
     assert isinstance(maps, list)
     assert [m.shape for m in maps] == [(64, 64), (80, 96), (50, 64), (64, 64), (50, 64)]
     for image, anomaly_map in zip(images, maps):
-        np.testing.assert_allclose(anomaly_map, detector.predict_maps([image])[0], rtol=0, atol=carried_tolerance(detector, 1e-6))
+        np.testing.assert_allclose(anomaly_map, detector.predict_maps([image])[0], rtol=0, atol=1e-6)
     assert np.abs(maps[2] - maps[4]).max() > 1e-3  # they do differ, so a swap would show
     same = detector.predict_maps(test.images[:3])
     assert isinstance(same, np.ndarray) and same.shape == (3, 64, 64)
@@ -126,7 +125,9 @@ def test_a_map_comes_back_with_each_pixel_over_its_image_pixel(detector, data):
 
 def test_default_image_score_is_the_negated_mean_of_the_top_percent_of_the_map(detector, data):
     _, test = data
-    maps = detector.predict_maps(test.images[:5]).reshape(5, -1)  # 64 x 64 = input_size, so no resizing
+    maps = detector.predict_maps(test.images[:5])  # 64 x 64 = input_size, so no resizing
+    # ... standardised per pixel by the training images' maps (standardize_maps, the default).
+    maps = np.stack([detector.map_standardizer_(m) for m in maps]).reshape(5, -1)
     hottest = np.sort(maps, axis=1)[:, -41:]  # 1 % of 4096 pixels, rounded
     np.testing.assert_allclose(detector.score_samples(test.images[:5]), -hottest.mean(axis=1), rtol=1e-5)
 
@@ -139,7 +140,7 @@ def max_detector(data):
 
 def test_max_image_score_is_the_negated_map_maximum(max_detector, data):
     _, test = data
-    maps = max_detector.predict_maps(test.images[:5])
+    maps = np.stack([max_detector.map_standardizer_(m) for m in max_detector.predict_maps(test.images[:5])])
     np.testing.assert_allclose(max_detector.score_samples(test.images[:5]), -maps.reshape(5, -1).max(axis=1), rtol=1e-6)
 
 
@@ -174,8 +175,8 @@ def test_predict_maps_returns_score_samples_from_the_same_pass(detector, max_det
         np.testing.assert_array_equal(with_scores, alone)
     same_size_maps, same_size_scores = fitted.predict_maps(test.images[:3], return_scores=True)
     assert isinstance(same_size_maps, np.ndarray) and same_size_maps.shape == (3, 64, 64)
-    # At input_size (64 x 64) the maps are not resized: the scores are their image scores.
-    flat = same_size_maps.reshape(3, -1)
+    # At input_size (64 x 64) the maps are not resized: the scores are their standardised maps' image scores.
+    flat = np.stack([fitted.map_standardizer_(m) for m in same_size_maps]).reshape(3, -1)
     expected = -flat.max(axis=1) if image_score == "max" else -np.sort(flat, axis=1)[:, -41:].mean(axis=1)
     np.testing.assert_allclose(same_size_scores, expected, rtol=1e-5)
 

@@ -166,7 +166,7 @@ def test_one_image_is_scored(colour_detector):
     X = colour_images(3, seed=1)
     atol = carried_tolerance(colour_detector, 1e-6)
     assert colour_detector.score_samples(X[:1])[0] == pytest.approx(colour_detector.score_samples(X)[0], abs=atol)
-    np.testing.assert_allclose(colour_detector.predict_maps(X[:1])[0], colour_detector.predict_maps(X)[0], rtol=0, atol=atol)
+    np.testing.assert_allclose(colour_detector.predict_maps(X[:1])[0], colour_detector.predict_maps(X)[0], rtol=0, atol=1e-6)
 
 
 def test_equivalent_encodings_give_the_same_scores(colour_detector):
@@ -193,11 +193,11 @@ def test_mixed_and_tiny_sizes_give_maps_at_each_images_size(colour_detector):
     maps = colour_detector.predict_maps(X)
     assert [m.shape for m in maps] == [(40, 24), (1, 1), (2, 3), (32, 32)]
     for image, anomaly_map in zip(X, maps):
-        np.testing.assert_allclose(anomaly_map, colour_detector.predict_maps(image[None])[0], rtol=0, atol=carried_tolerance(colour_detector, 1e-6))
+        np.testing.assert_allclose(anomaly_map, colour_detector.predict_maps(image[None])[0], rtol=0, atol=1e-6)
     # A 1 x 1 image is seen as a flat 32 x 32 image of its colour; its one map pixel, centred at
     # (15.5, 15.5) of that image's 32 x 32 map, is the mean of the four map pixels around it.
     flat = colour_detector.predict_maps(np.tile(X[1], (1, 32, 32, 1)))[0]
-    assert maps[1][0, 0] == pytest.approx(flat[15:17, 15:17].mean(), abs=carried_tolerance(colour_detector, 1e-6))
+    assert maps[1][0, 0] == pytest.approx(flat[15:17, 15:17].mean(), abs=1e-6)
     alone = [colour_detector.score([image]) for image in X]
     assert colour_detector.score(X) == pytest.approx(np.mean(alone), rel=1e-6)
 
@@ -213,17 +213,18 @@ def test_grey_detector_scores_colour_images_and_warns_naming_each(grey_detector,
     assert np.isfinite(result).all()
 
 
-def test_colour_stain_on_a_grey_part_scores_as_more_anomalous(grey_detector):
+def test_colour_stain_on_a_grey_part_scores_as_more_anomalous():
+    # Scored over raw maps: on these random-noise parts, seen by a random backbone, the top 1 % of a
+    # 32 x 32 map standardised by 7 training maps is ruled by their noise (10 pixels); what is tested
+    # here is that a grey model uses colour, not standardisation (tests/test_map_standardization.py).
+    grey_detector = FastFlowDetector(**FAST, standardize_maps=False).fit(colour_images(8)[..., 0])
     grey = colour_images(4, seed=4)[..., 0]
     frames = np.repeat(grey[..., None], 3, axis=-1)
     frames[2, 8:24, 8:24] = (150, 60, 20)  # a rust-coloured stain on the third part
     with pytest.warns(UserWarning, match=r"X\[2\] is a colour image"):
-        maps, scores = grey_detector.predict_maps(frames, return_scores=True)
-    np.testing.assert_allclose(scores[[0, 1, 3]], grey_detector.score_samples(grey[[0, 1, 3]]), atol=carried_tolerance(grey_detector, 1e-6))
-    # The stain lights up where it is: hotter there than every clean part is at that place. (The
-    # image score, the top 1 % of a map over random-noise parts from a random backbone, is no
-    # sharp judge at this size: 10 pixels.)
-    assert maps[2, 8:24, 8:24].mean() > maps[[0, 1, 3], 8:24, 8:24].mean(axis=(1, 2)).max()
+        scores = grey_detector.score_samples(frames)
+    np.testing.assert_allclose(scores[[0, 1, 3]], grey_detector.score_samples(grey[[0, 1, 3]]), atol=1e-6)
+    assert scores[2] < scores[[0, 1, 3]].min()
 
 
 def test_grey_detector_accepts_grey_stored_as_rgb(grey_detector):

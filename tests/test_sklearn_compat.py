@@ -177,10 +177,9 @@ def test_images_of_any_size_are_accepted_after_fit(fitted, data):
     assert [m.shape for m in maps] == [(SIZE, SIZE), (20, 44), (3, 5), (20, 44), (3, 5)]
     for image, anomaly_map, score in zip(images, maps, scores):
         alone_map, alone_score = fitted.predict_maps(image[None], return_scores=True)
-        atol = carried_tolerance(fitted, 1e-6)
-        np.testing.assert_allclose(anomaly_map, alone_map[0], rtol=0, atol=atol)
-        assert score == pytest.approx(alone_score[0], abs=atol)
-    np.testing.assert_allclose(fitted.predict_maps(wide), np.stack(maps[1::2]), rtol=0, atol=carried_tolerance(fitted, 1e-6))
+        np.testing.assert_allclose(anomaly_map, alone_map[0], rtol=0, atol=1e-6)
+        assert score == pytest.approx(alone_score[0], abs=carried_tolerance(fitted, 1e-6))
+    np.testing.assert_allclose(fitted.predict_maps(wide), np.stack(maps[1::2]), rtol=0, atol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)

@@ -266,8 +266,8 @@ def test_set_threshold_changes_rule_and_operating_point_without_retraining(label
 
     detector = copy.deepcopy(detector)
     weights = {name: value.clone() for name, value in detector.model_.state_dict().items()}
-    # With input_size equal to the image size, predict_maps is the map the rule reads.
-    maps = detector.predict_maps(defects)
+    # With input_size equal to the image size, predict_maps standardised is the map the rule reads.
+    maps = np.stack([detector.map_standardizer_(m) for m in detector.predict_maps(defects)])
     detector.set_threshold(image_score="max")
     assert detector.image_score == "max" and detector.image_score_ == "max"
     np.testing.assert_allclose(detector.score_samples(defects), -maps.reshape(4, -1).max(axis=1), rtol=1e-6)
