@@ -8,9 +8,9 @@ Per folder, configuration and seed: one fit with ``standardize_maps=True`` (the 
 to ``--train`` good training images (evenly spaced over ``train/good``), ``--epochs`` epochs,
 ``tf_efficientnet_lite0`` with the offline ImageNet weights, every other parameter at its
 default; ``tiles`` is ``tile_size=256`` (native resolution). All of ``test/`` is scored once;
-its raw maps are recovered exactly from the standardised ones through the fitted
-``map_standardizer_`` (``raw = standardised * scale + mean``, the statistics at each map's
-size), so both columns come from the same flows. Image AUROC is taken from the top 1 % of
+``predict_maps`` returns the raw maps, and the standardised ones are computed from them
+through the fitted ``map_standardizer_`` (the statistics at each map's size), so both
+columns come from the same flows. Image AUROC is taken from the top 1 % of
 each map at the image's own size (:func:`skfastflow.tiling.stitched_scores`) for both; pixel
 AUROC and AUPRO at each image's own resolution (sets with masks only).
 """
@@ -64,9 +64,8 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int) -> dict:
     X_test = list(data.X_test)
     for start in range(0, len(X_test), 16):  # bounded memory: maps of large images are large
         for anomaly_map in detector.predict_maps(X_test[start : start + 16]):
-            mean, scale = standardizer.at_size(anomaly_map.shape)
-            standardised.append(anomaly_map)
-            raw.append(anomaly_map * scale + mean)
+            raw.append(anomaly_map)
+            standardised.append(standardizer(anomaly_map))
     return {
         "set": root.name, "config": config, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
         "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),

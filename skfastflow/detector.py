@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import warnings
+from collections import Counter
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,7 +28,7 @@ from .nn.model import as_size_pair
 from .persistence import PicklableModel
 from .threads import refresh as refresh_threads
 from .threads import torch_threads
-from .tiling import MapStitcher, check_tiling, stitched_scores
+from .tiling import TileMapAssembler, check_tiling, stitched_scores
 from .verdicts import VerdictMixin
 from .thresholds import (
     AUTO_FALSE_ALARM_RATE,
@@ -536,7 +537,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
             history = self._train(model, train_features, validation_features, rng)
 
         model.eval()
-        standardizer = self._good_map_standardizer(model, train_features, device, train_items[0] if tiling is not None else None)
+        standardizer = None
+        if self.standardize_maps:
+            standardizer = _standardizer_or_none(self._good_map_statistics(model, train_features, device, train_items[0] if tiling is not None else None))
         # offset_ comes from good images the flows did not train on: out-of-fold scores of the
         # training images (cross-fitting) and the held-out ones; without either, (as
         # IsolationForest does) from the training images themselves.
@@ -632,7 +635,10 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
             # Each fold's maps are standardised by its own flows' maps of its own training images, as the fitted flows' are.
             fold_standardizer = None
             if standardizer is not None:
-                fold_standardizer = self._good_map_standardizer(model, outside, device, train_items if tiling is not None else None) or standardizer
+                try:
+                    fold_standardizer = self._good_map_statistics(model, outside, device, train_items if tiling is not None else None).result()
+                except ValueError:  # the fold's images give no spread (copies of one image): the fitted flows' statistics
+                    fold_standardizer = standardizer
             held = np.flatnonzero(fold_of_image == fold)
             # Tiled images are scored through the scoring path (stitched maps), not from tile features.
             held_features = FeatureSubset(train_features, held) if tiling is None else None
@@ -919,25 +925,21 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         """``score_samples`` of anomaly maps (see :meth:`_image_maps`) under ``image_score_``: the one rule."""
         return _scores_by_rule(_standardized(maps, self.map_standardizer_), (self.image_score_,))[self.image_score_]
 
-    def _good_map_standardizer(self, model: FastflowModel, features, device: torch.device, tiles: TileView | None) -> MapStandardizer | None:
-        """The :class:`~skfastflow.map_standardization.MapStandardizer` of the maps of the good images
-        whose features are ``features`` (the flows' own training images); None without
-        ``standardize_maps``, and None with a warning when their maps give no spread to
-        standardise by (one image, or copies of one).
+    def _good_map_statistics(self, model: FastflowModel, features, device: torch.device, tiles: TileView | None) -> GoodMapStatistics:
+        """The per-pixel :class:`~skfastflow.map_standardization.GoodMapStatistics` of the maps of
+        the good images whose features are ``features`` (the flows' own training images).
 
         From the cached features, so without a second backbone pass. With tiling, ``features``
         are tiles of ``tiles`` (a ``FeatureSubset``'s positions, else all of them; each image's
         tiles consecutive), whose maps are stitched image by image.
         """
-        if not self.standardize_maps:
-            return None
         with torch.inference_mode():
             if tiles is None:
                 statistics = GoodMapStatistics(statistics_size([model.input_size]))
                 for batch in batches_in_order(features, self.batch_size):
                     for anomaly_map in self._flow_maps(model, batch, device)[:, 0].float().cpu().numpy():
                         statistics.add(anomaly_map)
-                return _standardizer_or_none(statistics)
+                return statistics
             positions = features.positions if isinstance(features, FeatureSubset) else np.arange(len(tiles))
             owners, boxes = tiles.owners[positions].tolist(), [tiles.boxes[p] for p in positions]
             image_sizes = {}
@@ -945,20 +947,20 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
                 height, width = image_sizes.get(owner, (0, 0))
                 image_sizes[owner] = (max(height, box.top + box.height), max(width, box.left + box.width))
             statistics = GoodMapStatistics(statistics_size(image_sizes.values()))
-            stitcher, current, done = None, None, 0
+            assembler = TileMapAssembler()
+            for owner, n_tiles in Counter(owners).items():
+                assembler.expect(owner, image_sizes[owner], n_tiles)
+            done = 0
             for batch in batches_in_order(features, self.batch_size):
                 maps = self._flow_maps(model, batch, device)
                 batch_boxes = boxes[done : done + len(maps)]
                 tile_maps = resize_maps(maps, [(box.height, box.width) for box in batch_boxes])
                 for owner, box, tile_map in zip(owners[done : done + len(maps)], batch_boxes, tile_maps):
-                    if owner != current:
-                        if stitcher is not None:
-                            statistics.add(stitcher.result())
-                        stitcher, current = MapStitcher(image_sizes[owner]), owner
-                    stitcher.add(tile_map, box)
+                    stitched = assembler.add(owner, tile_map, box)
+                    if stitched is not None:
+                        statistics.add(stitched)
                 done += len(maps)
-            statistics.add(stitcher.result())
-        return _standardizer_or_none(statistics)
+        return statistics
 
     def _anomaly_maps(self, X):
         """Iterator of ``(ImageBatch, maps)`` of ``X`` (see :meth:`_image_maps`)."""
@@ -992,19 +994,18 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
     def _stitched_maps(self, model: FastflowModel, images: ImageCollection, device: torch.device, indices, tiling):
         """Yield ``(ImageBatch of one image, [stitched map])`` image by image, tiles scored ``batch_size`` at a time."""
         extractor = model.feature_extractor
-        stitchers, remaining, grey = {}, {}, {}
+        assembler, grey = TileMapAssembler(), {}
         with torch.inference_mode():
             for batch in images.tile_batches(self.batch_size, model.input_size, extractor.mean, extractor.std, tiling, indices=indices):
                 refresh_threads()
                 for index, size, is_grey, n_tiles in batch.images:
-                    stitchers[index], remaining[index], grey[index] = MapStitcher(size), n_tiles, is_grey
+                    assembler.expect(index, size, n_tiles)
+                    grey[index] = is_grey
                 maps = self._tensor_maps(model, batch.tensor, device)
                 box_sizes = [(box.height, box.width) for box in batch.boxes]
                 for index, box, tile_map in zip(batch.owners.tolist(), batch.boxes, resize_maps(maps, box_sizes)):
-                    stitchers[index].add(tile_map, box)
-                    remaining[index] -= 1
-                    if remaining[index] == 0:
-                        stitched = stitchers.pop(index).result()
+                    stitched = assembler.add(index, tile_map, box)
+                    if stitched is not None:
                         single = ImageBatch(np.array([index]), None, [stitched.shape], np.array([grey.pop(index)]))
                         yield single, [stitched]
 
@@ -1197,10 +1198,10 @@ def _standardizer_or_none(statistics: GoodMapStatistics) -> MapStandardizer | No
         return statistics.result()
     except ValueError as error:
         warnings.warn(
-            f"standardize_maps: {error} The {statistics.count} good image(s) trained on leave the maps raw "
-            "(map_standardizer_ is None); add more good images to standardise them.",
+            f"standardize_maps: {error} With the {statistics.count} good image(s) trained on, the image scores "
+            "are taken over raw maps (map_standardizer_ is None).",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
         return None
 

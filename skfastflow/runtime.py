@@ -36,7 +36,7 @@ from .image_input import ImageInput
 from .map_standardization import MapStandardizer
 from .thresholds import conformal_p_values
 from .verdicts import VerdictMixin
-from .tiling import MapStitcher, resize_map, stitched_scores, tile_boxes
+from .tiling import TileMapAssembler, resize_map, stitched_scores, tile_boxes
 
 #: Layout of the metadata the exporter writes; files with a larger number are refused.
 #: 2 added ``map_standardization`` (files without it are still written as 1).
@@ -206,15 +206,13 @@ class RuntimeDetector(VerdictMixin):
         """
         images = ImageInput(X, fitted_colour_mode=self.colour_mode_)
         pending: list[tuple[int, object, np.ndarray]] = []  # (image, box, graph input) not yet run
-        stitchers, remaining = {}, {}
+        assembler = TileMapAssembler()
 
         def run_pending():
             maps, _ = self._run(np.stack([tile for _, _, tile in pending]))
             for (index, box, _), tile_map in zip(pending, maps):
-                stitchers[index].add(resize_map(tile_map, (box.height, box.width)), box)
-                remaining[index] -= 1
-                if remaining[index] == 0:
-                    stitched = stitchers.pop(index).result()
+                stitched = assembler.add(index, resize_map(tile_map, (box.height, box.width)), box)
+                if stitched is not None:
                     # Whole images' scores come standardised from the graph; stitched maps, here.
                     scored = stitched if self.map_standardizer_ is None else self.map_standardizer_(stitched)
                     score = stitched_scores(scored, (self.image_score_,))[self.image_score_]
@@ -225,7 +223,7 @@ class RuntimeDetector(VerdictMixin):
             image, grey = images.load(index)
             images.check_colour(np.array([index]), np.array([grey]))
             boxes = tile_boxes(image.shape[:2], *self.tiling_)
-            stitchers[index], remaining[index] = MapStitcher(image.shape[:2]), len(boxes)
+            assembler.expect(index, image.shape[:2], len(boxes))
             for box in boxes:
                 crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
                 pending.append((index, box, _to_graph_input(crop, self.input_size_)))

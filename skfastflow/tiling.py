@@ -190,6 +190,53 @@ class MapStitcher:
         return (self._total / self._weight).astype(np.float32)
 
 
+class TileMapAssembler:
+    """Stitches the maps of several images from their tiles' maps, arriving in batches that may mix images.
+
+    Each image is announced with :meth:`expect` (its size and number of tiles); :meth:`add`
+    hands back the image's stitched map (:class:`MapStitcher`) when its last tile arrives.
+    Memory: one :class:`MapStitcher` per image that has tiles both added and outstanding, so
+    images whose tiles arrive one after the other hold one at a time.
+    """
+
+    def __init__(self) -> None:
+        self._expected: dict = {}  # image -> (image_size, tiles still to come)
+        self._stitchers: dict = {}
+
+    def expect(self, image, image_size: tuple[int, int], n_tiles: int) -> None:
+        """Announce ``image`` (any hashable key) of ``image_size`` ``(H, W)``, cut into ``n_tiles`` tiles.
+
+        Raises
+        ------
+        ValueError
+            When ``n_tiles`` is below 1.
+        """
+        if n_tiles < 1:
+            raise ValueError(f"an image has at least one tile, got n_tiles={n_tiles}.")
+        self._expected[image] = (tuple(image_size), int(n_tiles))
+
+    def add(self, image, tile_map: np.ndarray, box: TileBox) -> np.ndarray | None:
+        """Add the map of one tile of ``image``; return the image's stitched map (float32, its size) after its last tile, else None.
+
+        Raises
+        ------
+        ValueError
+            When ``image`` was not announced, or has no tile left to come; as
+            :meth:`MapStitcher.add` and :meth:`MapStitcher.result` otherwise.
+        """
+        if image not in self._expected:
+            raise ValueError(f"image {image!r} was not announced with expect(), or all its tiles were added already.")
+        image_size, remaining = self._expected[image]
+        if image not in self._stitchers:
+            self._stitchers[image] = MapStitcher(image_size)
+        self._stitchers[image].add(tile_map, box)
+        if remaining > 1:
+            self._expected[image] = (image_size, remaining - 1)
+            return None
+        del self._expected[image]
+        return self._stitchers.pop(image).result()
+
+
 def stitch(tile_maps, boxes, image_size: tuple[int, int]) -> np.ndarray:
     """One map of the whole image from the maps of its tiles (:class:`MapStitcher`, all at once).
 
@@ -329,4 +376,4 @@ def aspect_input_size(image_size: tuple[int, int], short_side: int = 256, multip
     return (short_side, long_side) if height <= width else (long_side, short_side)
 
 
-__all__ = ["MapStitcher", "TileBox", "aspect_input_size", "check_tiling", "resize_map", "stitch", "stitched_scores", "tile_boxes"]
+__all__ = ["MapStitcher", "TileBox", "TileMapAssembler", "aspect_input_size", "check_tiling", "resize_map", "stitch", "stitched_scores", "tile_boxes"]

@@ -1,6 +1,7 @@
 """Maps standardised per pixel by good images' maps: the statistics, and the detector and runtime that apply them."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -140,6 +141,33 @@ def test_a_bright_patch_where_good_images_vary_least_stands_out_more_after_stand
         margins[standardize] = (np.median(good_scores) - np.median(defect_scores)) / np.std(good_scores)
     # Raw maps even score the defects as more normal than good parts (measured -2.0 spreads); standardised, they score below them.
     assert margins[True] > 0 and margins[True] > margins[False]
+
+
+def test_a_fold_trained_on_copies_of_one_image_borrows_the_fitted_statistics(monkeypatch):
+    """Cross-fitting on a folder of duplicates: the fold whose training images are all copies of
+    one image has no spread of its own, so its scores are standardised by the fitted flows'
+    statistics, with no warning (the fitted detector does standardise) and no lost images."""
+    refused = []
+    result = GoodMapStatistics.result
+
+    def spy(statistics):
+        try:
+            return result(statistics)
+        except ValueError:
+            refused.append(statistics.count)
+            raise
+
+    monkeypatch.setattr(GoodMapStatistics, "result", spy)
+    copies, other = _images(1, 0), _images(1, 1)
+    X = np.concatenate([np.repeat(copies, 5, axis=0), other])
+    params = dict(pre_trained=False, input_size=48, flow_steps=2, max_iter=2, early_stopping=False, calibration_cv=2,
+                  inference_precision="float32", training_precision="float32", n_threads=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector = FastFlowDetector("test_resnet", **params).fit(X)
+    assert refused, "no fold was left with copies of one image only"
+    assert detector.map_standardizer_ is not None
+    assert detector.calibration_scores_.shape == (6,) and np.all(np.isfinite(detector.calibration_scores_))
 
 
 def test_model_files_keep_the_statistics_and_older_files_score_raw_maps(tmp_path):

@@ -15,7 +15,7 @@ from skfastflow.export import export_onnx
 from skfastflow.files import ImageWarning
 from skfastflow.persistence import load, save
 from skfastflow.runtime import RuntimeDetector
-from skfastflow.tiling import TileBox, aspect_input_size, check_tiling, stitch, stitched_scores, tile_boxes
+from skfastflow.tiling import TileBox, TileMapAssembler, aspect_input_size, check_tiling, stitch, stitched_scores, tile_boxes
 
 sides = st.integers(1, 700)
 tiles = st.integers(1, 300)
@@ -54,6 +54,33 @@ def test_stitching_crops_of_one_map_gives_that_map_back(height, width, tile, str
     boxes = tile_boxes((height, width), (tile, tile), (stride, stride))
     crops = [whole[b.top : b.top + b.height, b.left : b.left + b.width] for b in boxes]
     np.testing.assert_allclose(stitch(crops, boxes, (height, width)), whole, rtol=1e-6, atol=1e-7)
+
+
+@given(sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=4), tile=st.integers(4, 24), seed=st.integers(0, 99))
+def test_tiles_of_several_images_arriving_mixed_stitch_each_image_when_its_last_tile_comes(sizes, tile, seed):
+    """Batches mix the tiles of several images: each image's map comes back exactly once,
+    right after its last tile, and equals stitching its tiles alone."""
+    rng = np.random.default_rng(seed)
+    wholes = [rng.random(size) for size in sizes]
+    layouts = [tile_boxes(size, (tile, tile), (max(1, tile // 2),) * 2) for size in sizes]
+    arrivals = [(image, box) for image, boxes in enumerate(layouts) for box in boxes]
+    arrivals = [arrivals[i] for i in rng.permutation(len(arrivals))]
+    assembler = TileMapAssembler()
+    for image, (size, boxes) in enumerate(zip(sizes, layouts)):
+        assembler.expect(image, size, len(boxes))
+    done = {}
+    for step, (image, box) in enumerate(arrivals):
+        crop = wholes[image][box.top : box.top + box.height, box.left : box.left + box.width]
+        stitched = assembler.add(image, crop, box)
+        last = max(i for i, (other, _) in enumerate(arrivals) if other == image)
+        assert (stitched is not None) == (step == last)
+        if stitched is not None:
+            done[image] = stitched
+    assert sorted(done) == list(range(len(sizes)))
+    for image, whole in enumerate(wholes):
+        np.testing.assert_allclose(done[image], whole, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="not announced"):  # every tile was added: no more are expected
+        assembler.add(0, wholes[0][: layouts[0][0].height, : layouts[0][0].width], layouts[0][0])
 
 
 def test_overlapping_tiles_blend_towards_each_tiles_middle():
