@@ -2,12 +2,13 @@
 
 Usage::
 
-    python benchmarks/map_standardization.py DATA_DIR [DATA_DIR ...] [--train 100] [--epochs 10] [--seeds 0] [--configs resize,tiles]
+    python benchmarks/map_standardization.py DATA_DIR [DATA_DIR ...] [--train 100] [--epochs 10] [--seeds 0] [--configs resize,aspect,tiles]
 
 Per folder, configuration and seed: one fit with ``standardize_maps=True`` (the default) on up
 to ``--train`` good training images (evenly spaced over ``train/good``), ``--epochs`` epochs,
 ``tf_efficientnet_lite0`` with the offline ImageNet weights, every other parameter at its
-default; ``tiles`` is ``tile_size=256`` (native resolution). All of ``test/`` is scored once;
+default; ``aspect`` is ``input_size=aspect_input_size(median training image size)``,
+``tiles`` is ``tile_size=256`` (native resolution). All of ``test/`` is scored once;
 ``predict_maps`` returns the raw maps, and the standardised ones are computed from them
 through the fitted ``map_standardizer_`` (the statistics at each map's size), so both
 columns come from the same flows. Image AUROC is taken from the top 1 % of
@@ -29,7 +30,7 @@ from skfastflow.cli import offline_pretrained_backbone
 from skfastflow.datasets import load_mvtec
 from skfastflow.files import read_image_size, read_mask
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
-from skfastflow.tiling import stitched_scores
+from skfastflow.tiling import aspect_input_size, stitched_scores
 
 RULE = 0.01
 
@@ -54,7 +55,10 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int) -> dict:
     if all(path is not None for path, label in zip(data.masks_test, data.y_test) if label == -1):
         masks = [np.zeros(read_image_size(image), bool) if path is None else read_mask(path) for image, path in zip(data.X_test, data.masks_test)]
     params = dict(weights=weights, max_iter=epochs, random_state=seed)
-    if config == "tiles":
+    if config == "aspect":
+        sizes = np.array([read_image_size(item) for item in train])
+        params["input_size"] = aspect_input_size(tuple(int(v) for v in np.median(sizes, axis=0)))
+    elif config == "tiles":
         params["tile_size"] = 256
     started = time.perf_counter()
     detector = FastFlowDetector(backbone, **params).fit(train)
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=100, help="most good images trained on (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated random seeds (default: %(default)s)")
-    parser.add_argument("--configs", default="resize", help="comma-separated: resize, tiles (default: %(default)s)")
+    parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, tiles (default: %(default)s)")
     args = parser.parse_args(argv)
     print("| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. |")
     print("|---|---|---|---|---|---|---|")
