@@ -126,28 +126,28 @@ class RecordingDetector(FastFlowDetector):
     def _cross_fit(self, n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer):
         self.folds_seen, trained, standardized_by = [], [], []
         owners = train_items.owners if tiling is not None else np.asarray(train_indices)
-        train, score, standardizer_of = self._train, self._threshold_scores, self._good_map_standardizer
+        train, score, statistics_of = self._train, self._threshold_scores, self._good_map_statistics
 
         def recording_train(model, features, validation, rng, n_epochs=None, monitored=True):
             trained.append((set(owners[features.positions].tolist()), n_epochs, monitored))
             return train(model, features, validation, rng, n_epochs=n_epochs, monitored=monitored)
 
-        def recording_standardizer(model, features, device, tiles):
+        def recording_statistics(model, features, device, tiles):
             standardized_by.append(set(owners[features.positions].tolist()))
-            return standardizer_of(model, features, device, tiles)
+            return statistics_of(model, features, device, tiles)
 
         def recording_scores(model, images, indices, features, device, tiling, standardizer):
             assert standardizer is not None
             self.folds_seen.append((*trained[-1], standardized_by[-1], set(np.asarray(indices).tolist())))
             return score(model, images, indices, features, device, tiling, standardizer)
 
-        self._train, self._threshold_scores, self._good_map_standardizer = recording_train, recording_scores, recording_standardizer
+        self._train, self._threshold_scores, self._good_map_statistics = recording_train, recording_scores, recording_statistics
         try:
             return super()._cross_fit(
                 n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer
             )
         finally:
-            del self._train, self._threshold_scores, self._good_map_standardizer
+            del self._train, self._threshold_scores, self._good_map_statistics
 
 
 @pytest.mark.parametrize("tiling", [{}, {"tile_size": 32}])
