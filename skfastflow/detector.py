@@ -942,14 +942,11 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
                 return statistics
             positions = features.positions if isinstance(features, FeatureSubset) else np.arange(len(tiles))
             owners, boxes = tiles.owners[positions].tolist(), [tiles.boxes[p] for p in positions]
-            image_sizes = {}
-            for owner, box in zip(owners, boxes):
-                height, width = image_sizes.get(owner, (0, 0))
-                image_sizes[owner] = (max(height, box.top + box.height), max(width, box.left + box.width))
-            statistics = GoodMapStatistics(statistics_size(image_sizes.values()))
+            tiles_per_image = Counter(owners)
+            statistics = GoodMapStatistics(statistics_size(tiles.image_sizes[owner] for owner in tiles_per_image))
             assembler = TileMapAssembler()
-            for owner, n_tiles in Counter(owners).items():
-                assembler.expect(owner, image_sizes[owner], n_tiles)
+            for owner, n_tiles in tiles_per_image.items():
+                assembler.expect(owner, tiles.image_sizes[owner], n_tiles)
             done = 0
             for batch in batches_in_order(features, self.batch_size):
                 maps = self._flow_maps(model, batch, device)

@@ -151,14 +151,17 @@ class TileView:
         Number of tiles (the items served).
     owners : ndarray of int
         Image of each tile.
+    image_sizes : dict
+        ``{image index: (height, width)}`` of the images cut.
     """
 
     def __init__(self, images: ImageCollection, indices: np.ndarray, tiling) -> None:
         self.images = images
-        owners, self.boxes = [], []
+        owners, self.boxes, self.image_sizes = [], [], {}
         for index in np.asarray(indices):
             image, grey = images.load(int(index))
             images.check_colour(np.array([index]), np.array([grey]))
+            self.image_sizes[int(index)] = tuple(image.shape[:2])
             for box in tile_boxes(image.shape[:2], *tiling):
                 owners.append(int(index))
                 self.boxes.append(box)
