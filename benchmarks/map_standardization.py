@@ -7,8 +7,10 @@ Usage::
 Per folder, configuration and seed: one fit with ``standardize_maps=True`` (the default) on up
 to ``--train`` good training images (evenly spaced over ``train/good``), ``--epochs`` epochs,
 ``tf_efficientnet_lite0`` with the offline ImageNet weights, every other parameter at its
-default; ``aspect`` is ``input_size=aspect_input_size(median training image size)``,
-``tiles`` is ``tile_size=256`` (native resolution). All of ``test/`` is scored once;
+default; ``aspect`` is ``input_size=aspect_input_size(median training image size)``
+(``aspect:N``: with ``short_side=N``, e.g. near native resolution),
+``tiles`` is ``tile_size=256`` (native resolution) with one flow shared by every tile
+position, ``positions`` the same with one flow per position (``tile_flows``). All of ``test/`` is scored once;
 ``predict_maps`` returns the raw maps, and the standardised ones are computed from them
 through the fitted ``map_standardizer_`` (the statistics at each map's size), so both
 columns come from the same flows. Image AUROC is taken from the top 1 % of
@@ -55,11 +57,12 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int) -> dict:
     if all(path is not None for path, label in zip(data.masks_test, data.y_test) if label == -1):
         masks = [np.zeros(read_image_size(image), bool) if path is None else read_mask(path) for image, path in zip(data.X_test, data.masks_test)]
     params = dict(weights=weights, max_iter=epochs, random_state=seed)
-    if config == "aspect":
+    if config.startswith("aspect"):  # "aspect" (short side 256) or "aspect:N" (short side N)
         sizes = np.array([read_image_size(item) for item in train])
-        params["input_size"] = aspect_input_size(tuple(int(v) for v in np.median(sizes, axis=0)))
-    elif config == "tiles":
-        params["tile_size"] = 256
+        short_side = int(config.partition(":")[2] or 256)
+        params["input_size"] = aspect_input_size(tuple(int(v) for v in np.median(sizes, axis=0)), short_side=short_side)
+    elif config in ("tiles", "positions"):  # one flow for every tile position, or one per position
+        params.update(tile_size=256, tile_flows="shared" if config == "tiles" else "per_position")
     started = time.perf_counter()
     detector = FastFlowDetector(backbone, **params).fit(train)
     fit_seconds = time.perf_counter() - started
@@ -71,7 +74,7 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int) -> dict:
             raw.append(anomaly_map)
             standardised.append(standardizer(anomaly_map))
     return {
-        "set": root.name, "config": config, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
+        "set": root.name, "config": config, "input_size": detector.model_.input_size, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
         "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),
     }
 
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=100, help="most good images trained on (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated random seeds (default: %(default)s)")
-    parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, tiles (default: %(default)s)")
+    parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, aspect:N (short side N), tiles, positions (default: %(default)s)")
     args = parser.parse_args(argv)
     print("| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. |")
     print("|---|---|---|---|---|---|---|")
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
                 row = run(root, config, seed, args.train, args.epochs)
                 raw, standardised = row["raw"], row["standardised"]
                 cells = [f"{raw[key]:.3f} / {standardised[key]:.3f}" if key in raw else "- / -" for key in ("image_auroc", "pixel_auroc", "aupro")]
-                print(f"| {row['set']} ({row['n_train']}) | {config} | {seed} | {row['fit_s']:.0f} | " + " | ".join(cells) + " |", flush=True)
+                print(f"| {row['set']} ({row['n_train']}) | {config} {row['input_size']} | {seed} | {row['fit_s']:.0f} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

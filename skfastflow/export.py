@@ -179,9 +179,21 @@ def export_metadata(detector) -> dict:
         and ``scale`` in base64), or None. ``format`` is 1 for files without map
         standardisation, which older runtimes read as before, and 2 with it, which they
         refuse rather than score tiled images by raw maps.
+
+    Raises
+    ------
+    ValueError
+        For a detector with per-position tile flows (``tile_flows``): the graph takes tiles
+        without their positions, so only one flow for every tile exports.
     """
     check_is_fitted(detector)
     model = detector.model_
+    if model.n_positions > 1:
+        raise ValueError(
+            f"This detector has flows for each of {model.n_positions} tile positions (tile_flows='per_position'), which "
+            "export does not support: the exported graph scores tiles without their positions. Refit with "
+            "tile_flows='shared' to export, or score with the torch detector."
+        )
     calibration = getattr(detector, "calibration_scores_", None)
     standardizer = getattr(detector, "map_standardizer_", None)  # None in detectors pickled before it existed
     return {
@@ -235,7 +247,8 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
     FileNotFoundError
         When the destination folder does not exist.
     ValueError
-        When ``path`` ends with ``.xml``, which the runtime reads as an OpenVINO model.
+        When ``path`` ends with ``.xml``, which the runtime reads as an OpenVINO model, or
+        for per-position tile flows (:func:`export_metadata`).
     ImportError
         When the ``onnx`` package is missing (``pip install skfastflow[onnx]``).
 
@@ -315,7 +328,8 @@ def export_openvino(detector, path, *, opset: int = 17) -> Path:
     Raises
     ------
     ValueError
-        When ``path`` does not end with ``.xml``.
+        When ``path`` does not end with ``.xml``, or for per-position tile flows
+        (:func:`export_metadata`).
     ImportError
         When the ``openvino`` package is missing (``pip install openvino``).
     """

@@ -92,6 +92,10 @@ class StreamedFeatures:
     ----------
     exact : bool
         Always True: batches are what the backbone computes from the images.
+    tile_numbers : ndarray of int or None
+        With tiles (``images`` a :class:`~skfastflow.images.TileView`): each item's number
+        among its image's tiles, which is its tile position for per-position flows; None
+        for whole images.
     """
 
     exact = True
@@ -101,6 +105,8 @@ class StreamedFeatures:
         self.images = images
         self.indices = np.asarray(indices)
         self.device = device
+        numbers = getattr(images, "tile_numbers", None)
+        self.tile_numbers = None if numbers is None else numbers[self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -145,6 +151,7 @@ class CachedFeatures:
 
     def __init__(self, source: StreamedFeatures, batch_size: int, memory_budget: int | None = None) -> None:
         self.device = source.device
+        self.tile_numbers = source.tile_numbers
         shapes = source.model.feature_shapes
         float32_bytes = 4 * len(source) * sum(math.prod(shape) for shape in shapes)
         budget = cache_memory_budget(self.device) if memory_budget is None else memory_budget
@@ -220,6 +227,12 @@ class FeatureSubset:
     @property
     def exact(self) -> bool:
         return self.source.exact
+
+    @property
+    def tile_numbers(self) -> np.ndarray | None:
+        """The source's ``tile_numbers`` of the items served, or None for whole images."""
+        numbers = self.source.tile_numbers
+        return None if numbers is None else numbers[self.positions]
 
     def __len__(self) -> int:
         return len(self.positions)

@@ -44,6 +44,7 @@ class TileBatch:
     tensor: torch.Tensor  # (n, 3, H, W) float32, normalised tiles at input_size
     owners: np.ndarray  # (n,) index of each tile's image
     boxes: list[TileBox]
+    tile_numbers: np.ndarray  # (n,) number of each tile among its image's tiles (tile_boxes order)
     images: list[tuple[int, tuple[int, int], bool, int]]
 
 
@@ -92,22 +93,23 @@ class ImageCollection(ImageInput):
         """
         indices = np.arange(self.n_images) if indices is None else np.asarray(indices)
         normalise = _normaliser(mean, std)
-        tiles, owners, boxes, started = [], [], [], []
+        tiles, owners, boxes, numbers, started = [], [], [], [], []
         for index in indices:
             image, grey = self.load(int(index))
             self.check_colour(np.array([index]), np.array([grey]))
             pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
             image_boxes = tile_boxes(image.shape[:2], *tiling)
             started.append((int(index), image.shape[:2], grey, len(image_boxes)))
-            for box in image_boxes:
+            for number, box in enumerate(image_boxes):
                 tiles.append(_tile(pixels, box, input_size))
                 owners.append(int(index))
                 boxes.append(box)
+                numbers.append(number)
                 if len(tiles) == batch_size:
-                    yield TileBatch(normalise(torch.cat(tiles)), np.array(owners), boxes, started)
-                    tiles, owners, boxes, started = [], [], [], []
+                    yield TileBatch(normalise(torch.cat(tiles)), np.array(owners), boxes, np.array(numbers), started)
+                    tiles, owners, boxes, numbers, started = [], [], [], [], []
         if tiles:
-            yield TileBatch(normalise(torch.cat(tiles)), np.array(owners), boxes, started)
+            yield TileBatch(normalise(torch.cat(tiles)), np.array(owners), boxes, np.array(numbers), started)
 
     def _read_batch(self, batch_indices: np.ndarray, input_size: tuple[int, int]):
         """Images at ``batch_indices`` resized to ``input_size`` (n, 3, H, W), their sizes and grey flags.
@@ -151,21 +153,26 @@ class TileView:
         Number of tiles (the items served).
     owners : ndarray of int
         Image of each tile.
+    tile_numbers : ndarray of int
+        Number of each tile among its image's tiles (:func:`~skfastflow.tiling.tile_boxes`
+        order): its tile position, for images of one size.
     image_sizes : dict
         ``{image index: (height, width)}`` of the images cut.
     """
 
     def __init__(self, images: ImageCollection, indices: np.ndarray, tiling) -> None:
         self.images = images
-        owners, self.boxes, self.image_sizes = [], [], {}
+        owners, numbers, self.boxes, self.image_sizes = [], [], [], {}
         for index in np.asarray(indices):
             image, grey = images.load(int(index))
             images.check_colour(np.array([index]), np.array([grey]))
             self.image_sizes[int(index)] = tuple(image.shape[:2])
-            for box in tile_boxes(image.shape[:2], *tiling):
+            for number, box in enumerate(tile_boxes(image.shape[:2], *tiling)):
                 owners.append(int(index))
+                numbers.append(number)
                 self.boxes.append(box)
         self.owners = np.array(owners, dtype=np.int64)
+        self.tile_numbers = np.array(numbers, dtype=np.int64)
         self.n_images = len(self.owners)
         self._last: tuple[int, torch.Tensor] | None = None
 

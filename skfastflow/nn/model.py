@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,6 +49,18 @@ class FastflowModel(nn.Module):
         Local backbone weights file, for machines without internet.
     out_indices : tuple of int, default=(1, 2, 3)
         Feature levels of a CNN backbone.
+    n_positions : int, default=1
+        Sets of LayerNorms and flows: 1 serves every input with the same ones (FastFlow as
+        published); ``n_positions > 1`` keeps one set per tile position of a tiled image
+        (``FastFlowDetector(tile_flows="per_position")``), all behind the one frozen
+        backbone, and :meth:`encode` then needs each input's position.
+
+    Attributes
+    ----------
+    tile_grid_size : (int, int) or None
+        With ``n_positions > 1``: the ``(height, width)`` of the images whose tile positions
+        the sets of flows model, set by :class:`~skfastflow.FastFlowDetector` (which keeps it
+        as ``tile_grid_size_``); None otherwise.
 
     Notes
     -----
@@ -67,19 +80,25 @@ class FastflowModel(nn.Module):
         hidden_ratio: float = 1.0,
         weights: str | os.PathLike | None = None,
         out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES,
+        n_positions: int = 1,
     ) -> None:
         super().__init__()
+        if not isinstance(n_positions, int) or n_positions < 1:
+            raise ValueError(f"n_positions={n_positions!r} must be a positive int (1: one set of flows for every input).")
         self.input_size = as_size_pair(input_size)
+        self.n_positions = n_positions
+        self.tile_grid_size = None
         self.feature_extractor = FeatureExtractor(backbone, pre_trained, weights, out_indices, self.input_size)
         self.feature_shapes = self._probe_feature_shapes()
+        # Position-major: the modules of position p and scale s sit at p * n_scales + s, so a
+        # model of one position keeps the published layout (and the keys of older model files).
+        shapes = self.feature_shapes * n_positions
         if self.feature_extractor.is_transformer:
-            norms = [nn.Identity() for _ in self.feature_shapes]
+            norms = [nn.Identity() for _ in shapes]
         else:
-            norms = [nn.LayerNorm(list(shape), elementwise_affine=True) for shape in self.feature_shapes]
+            norms = [nn.LayerNorm(list(shape), elementwise_affine=True) for shape in shapes]
         self.norms = nn.ModuleList(norms)
-        self.fast_flow_blocks = nn.ModuleList(
-            FastFlowBlock(shape[0], flow_steps, conv3x3_only, hidden_ratio) for shape in self.feature_shapes
-        )
+        self.fast_flow_blocks = nn.ModuleList(FastFlowBlock(shape[0], flow_steps, conv3x3_only, hidden_ratio) for shape in shapes)
         self.anomaly_map_generator = AnomalyMapGenerator(self.input_size)
 
     def _probe_feature_shapes(self) -> list[tuple[int, int, int]]:
@@ -129,11 +148,47 @@ class FastflowModel(nn.Module):
         with torch.no_grad():
             return self.feature_extractor(images)
 
-    def encode(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Normalise and flow backbone features; return per-scale latents and log-Jacobians."""
+    def encode(self, features: list[torch.Tensor], positions=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Normalise and flow backbone features; return per-scale latents and log-Jacobians.
+
+        Parameters
+        ----------
+        features : list of Tensor
+            Per-scale backbone features ``(N, C_i, h_i, w_i)``.
+        positions : array-like of int of shape (N,), default=None
+            With ``n_positions > 1``: each input's tile position, in ``[0, n_positions)``;
+            its own LayerNorms and flows transform it. Not needed with one position.
+
+        Raises
+        ------
+        ValueError
+            When ``n_positions > 1`` and ``positions`` is missing, of another length or out of range.
+        """
+        if self.n_positions == 1:
+            return self._encode_at(features, 0)
+        if positions is None:
+            raise ValueError(f"this FastflowModel has flows for {self.n_positions} tile positions; pass each input's position.")
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        if positions.shape != (len(features[0]),) or positions.min() < 0 or positions.max() >= self.n_positions:
+            raise ValueError(
+                f"positions must hold one tile position in [0, {self.n_positions}) per input ({len(features[0])}), "
+                f"got shape {tuple(positions.shape)} with values {positions.unique().tolist()}."
+            )
+        # Inputs of one position go through its flows together; the outputs return to input order.
+        order = torch.argsort(positions, stable=True)
+        parts = []
+        for position in positions.unique().tolist():
+            chosen = order[positions[order] == position].to(features[0].device)
+            parts.append(self._encode_at([feature[chosen] for feature in features], position))
+        restore = torch.argsort(order).to(features[0].device)
+        return tuple([torch.cat([part[k][scale] for part in parts])[restore] for scale in range(len(features))] for k in (0, 1))
+
+    def _encode_at(self, features: list[torch.Tensor], position: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Latents and log-Jacobians of features all at one tile position (0 with one set of flows)."""
+        first = position * len(self.feature_shapes)
         hidden_variables, log_jacobians = [], []
-        for norm, flow, feature in zip(self.norms, self.fast_flow_blocks, features):
-            z, log_jacobian = flow(norm(feature))
+        for scale, feature in enumerate(features):
+            z, log_jacobian = self.fast_flow_blocks[first + scale](self.norms[first + scale](feature))
             hidden_variables.append(z)
             log_jacobians.append(log_jacobian)
         return hidden_variables, log_jacobians
