@@ -18,13 +18,14 @@ Configurations:
 - ``resize``: the whole image resized to 256x256 (the default);
 - ``aspect``: the whole image resized to :func:`skfastflow.tiling.aspect_input_size` of the
   training images' median size (short side 256);
-- ``tiles``: tiles of 256x256 at native resolution (``tile_size=256``), side by side;
+- ``tiles``: tiles of 256x256 at native resolution (``tile_size=256``), side by side, one
+  flow shared by every tile position (``tile_flows="shared"``);
 - ``tiles-overlap``: the same with half-tile overlap (``tile_stride=128``), 4 times the tiles;
 - ``tiles-half``: tiles of 512x512 resized to 256 (half resolution), about a quarter of
   ``tiles``' compute;
-- ``positions``: the position-aware alternative to one shared flow: one detector per tile
-  position (tiles as ``tiles``), each trained on the tiles at its position only, maps
-  stitched by :func:`skfastflow.tiling.stitch`. Only for sets whose images all have one size.
+- ``positions``: tiles as ``tiles`` with one set of flows per tile position
+  (``tile_flows="per_position"``), each trained on the tiles at its position only. Only
+  for sets whose images all have one size.
 
 Only public functions are used. Run it on a quiet machine for the timings; the detection
 figures do not depend on the load.
@@ -93,54 +94,14 @@ def detector_for(config: str, train, seed: int, epochs: int | None, quick: bool)
         sizes = np.array([read_image_size(item) if isinstance(item, str) else item.shape[:2] for item in train])
         params["input_size"] = aspect_input_size(tuple(int(v) for v in np.median(sizes, axis=0)), short_side=params["input_size"])
     elif config == "tiles":
-        params["tile_size"] = tile
+        params.update(tile_size=tile, tile_flows="shared")
     elif config == "tiles-overlap":
-        params.update(tile_size=tile, tile_stride=tile // 2)
+        params.update(tile_size=tile, tile_stride=tile // 2, tile_flows="shared")
     elif config == "tiles-half":
-        params["tile_size"] = 2 * tile
-    return FastFlowDetector(**params), tile
-
-
-def image_size_of(item):
-    from skfastflow.files import read_image_size
-
-    return tuple(read_image_size(item)) if isinstance(item, str) else tuple(np.shape(item)[:2])
-
-
-class PositionAware:
-    """One detector per tile position of images of one size; maps stitched, image score over the stitched map."""
-
-    def __init__(self, template, tile: int):
-        self.template, self.tile = template, tile
-
-    def fit(self, train):
-        from sklearn.base import clone
-
-        from skfastflow.files import read_image
-        from skfastflow.tiling import tile_boxes
-
-        sizes = {image_size_of(item) for item in train}
-        if len(sizes) != 1:
-            raise ValueError(f"positions needs images of one size, got {len(sizes)} sizes")
-        (self.size,) = sizes
-        self.boxes = tile_boxes(self.size, (self.tile, self.tile), (self.tile, self.tile))
-        images = [read_image(item) if isinstance(item, str) else item for item in train]
-        self.detectors = [clone(self.template).fit([_crop(image, box) for image in images]) for box in self.boxes]
-        self.rule = self.detectors[0].image_score_
-        return self
-
-    def predict_maps(self, X, return_scores=True):
-        from skfastflow.files import read_image
-        from skfastflow.tiling import stitch, stitched_scores
-
-        images = [read_image(item) if isinstance(item, str) else item for item in X]
-        per_position = [detector.predict_maps([_crop(image, box) for image in images]) for detector, box in zip(self.detectors, self.boxes)]
-        maps = [stitch([position[i] for position in per_position], self.boxes, self.size) for i in range(len(images))]
-        return maps, np.array([stitched_scores(m, (self.rule,))[self.rule] for m in maps])
-
-
-def _crop(image, box):
-    return image[box.top : box.top + box.height, box.left : box.left + box.width]
+        params.update(tile_size=2 * tile, tile_flows="shared")
+    elif config == "positions":
+        params.update(tile_size=tile, tile_flows="per_position")
+    return FastFlowDetector(**params)
 
 
 def run_one(source: str, config: str, seed: int, epochs: int | None, n_train: int | None, quick: bool) -> dict:
@@ -149,15 +110,14 @@ def run_one(source: str, config: str, seed: int, epochs: int | None, n_train: in
     from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 
     name, train, X_test, y_test, masks = load_set(source, quick, n_train)
-    detector, tile = detector_for("resize" if config == "positions" else config, train, seed, epochs, quick)
-    model = PositionAware(detector, tile) if config == "positions" else detector
+    detector = detector_for(config, train, seed, epochs, quick)
     started = time.perf_counter()
-    model.fit(train)
+    detector.fit(train)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     maps, scores = [], []
     for start in range(0, len(X_test), 16):  # bounded memory: maps of large images are large
-        batch_maps, batch_scores = model.predict_maps(X_test[start : start + 16], return_scores=True)
+        batch_maps, batch_scores = detector.predict_maps(X_test[start : start + 16], return_scores=True)
         maps.extend(list(batch_maps))
         scores.append(batch_scores)
     score_seconds = time.perf_counter() - started

@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="step between tiles, N or HEIGHTxWIDTH pixels, at most --tile-size (default: --tile-size, tiles side by side)",
     )
     fit.add_argument(
+        "--tile-flows",
+        choices=["auto", "per_position", "shared"],
+        default=detector_defaults.get("tile_flows"),
+        help="with --tile-size: one flow per tile position (parts in fixtures; images of one size), one shared by "
+        "every tile (textures; any sizes), or auto: per position when the good images have one size (default: %(default)s)",
+    )
+    fit.add_argument(
         "--epochs", type=_positive_int, default=detector_defaults.get("max_iter"), help="most training epochs (default: %(default)s)"
     )
     fit.add_argument(
@@ -639,6 +646,7 @@ def _run_fit(args) -> None:
         input_size=256 if _keeps_aspect(args.input_size) else args.input_size,
         tile_size=args.tile_size,
         tile_stride=args.tile_stride,
+        tile_flows=args.tile_flows,
         max_iter=args.epochs,
         batch_size=args.batch_size,
         device=args.device,
@@ -776,7 +784,11 @@ def _fit_and_save(detector, paths: list[Path], out, defects: list[Path] = (), pr
 
 def _tiles_note(detector) -> str:
     tiling = getattr(detector, "tiling_", None)
-    return "" if tiling is None else f" (in tiles of {tiling[0][0]}x{tiling[0][1]} px, stride {tiling[1][0]}x{tiling[1][1]})"
+    if tiling is None:
+        return ""
+    grid = getattr(detector, "tile_grid_size_", None)
+    flows = "one flow for every tile" if grid is None else f"one flow per tile position of {grid[0]}x{grid[1]} images"
+    return f" (in tiles of {tiling[0][0]}x{tiling[0][1]} px, stride {tiling[1][0]}x{tiling[1][1]}; {flows})"
 
 
 def _report_fit(detector, seconds: float | None = None, prefix: str = "") -> None:

@@ -608,7 +608,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
             return None
         sizes = Counter(size for view in tile_views if view is not None for size in view.image_sizes.values())
         if len(sizes) == 1:
-            return next(iter(sizes))
+            (size,) = sizes
+            # One tile per image: its one position's flows are the shared ones, for images of any size.
+            return size if len(tile_boxes(size, *tiling)) > 1 else None
         if self.tile_flows == "per_position":
             common = ", ".join(f"{height}x{width} ({count} images)" for (height, width), count in sizes.most_common(3))
             raise ValueError(

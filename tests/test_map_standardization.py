@@ -103,7 +103,7 @@ def test_detector_standardises_by_its_training_images_raw_maps():
 
 
 def test_tiled_statistics_come_from_the_stitched_maps_of_the_training_images():
-    standardized, raw, X = _twins(tile_size=32, tile_stride=16)
+    standardized, raw, X = _twins(tile_size=32, tile_stride=16, tile_flows="shared")  # shared: images of any size
     train_maps = raw.predict_maps(X).astype(np.float64)  # stitched at 48x48 by the scoring path
     std = train_maps.std(axis=0)
     assert standardized.map_standardizer_.size == (48, 48)

@@ -358,7 +358,7 @@ def test_unfitted_detector_raises_not_fitted_error(fitted, data):
 
 
 INVALID_PARAMETERS = {
-    "backbone": 18, "pre_trained": "yes", "weights": 3, "input_size": 0, "tile_size": 0, "tile_stride": -1, "flow_steps": 0,
+    "backbone": 18, "pre_trained": "yes", "weights": 3, "input_size": 0, "tile_size": 0, "tile_stride": -1, "tile_flows": "rows", "flow_steps": 0,
     "conv3x3_only": 1.5, "hidden_ratio": 0.0, "max_iter": 0, "batch_size": 2.5, "learning_rate_init": -1.0,
     "weight_decay": -1e-5, "early_stopping": None, "validation_fraction": 1.0, "n_iter_no_change": 0,
     "tol": -1.0, "image_score": 0.0, "standardize_maps": "yes", "contamination": 0.6, "target_recall": 1.5, "calibration_cv": 1, "cache_features": "no", "inference_precision": "float16",

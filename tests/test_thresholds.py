@@ -123,7 +123,7 @@ class RecordingDetector(FastFlowDetector):
     """Records, for cross-fitting's fold trainings, which images each trained on, whose maps
     standardised its scores, and which images it scored."""
 
-    def _cross_fit(self, n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer):
+    def _cross_fit(self, n_folds, n_epochs, input_size, tile_grid_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer):
         self.folds_seen, trained, standardized_by = [], [], []
         owners = train_items.owners if tiling is not None else np.asarray(train_indices)
         train, score, statistics_of = self._train, self._threshold_scores, self._good_map_statistics
@@ -144,13 +144,13 @@ class RecordingDetector(FastFlowDetector):
         self._train, self._threshold_scores, self._good_map_statistics = recording_train, recording_scores, recording_statistics
         try:
             return super()._cross_fit(
-                n_folds, n_epochs, input_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer
+                n_folds, n_epochs, input_size, tile_grid_size, images, train_indices, train_items, train_features, device, tiling, rng, standardizer
             )
         finally:
             del self._train, self._threshold_scores, self._good_map_statistics
 
 
-@pytest.mark.parametrize("tiling", [{}, {"tile_size": 32}])
+@pytest.mark.parametrize("tiling", [{}, {"tile_size": 32, "tile_flows": "shared"}, {"tile_size": 32, "tile_flows": "per_position"}])
 def test_cross_fitting_scores_every_good_image_by_flows_that_never_trained_on_it(tiling):
     good = textured_images(15, seed=7)
     detector = RecordingDetector(**{**TINY, **tiling, "calibration_cv": 4, "n_threads": 1}).fit(good)

@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -12,6 +13,7 @@ from PIL import Image
 from skfastflow import FastFlowDetector
 from skfastflow.cli import main
 from skfastflow.export import export_onnx
+from skfastflow.nn import FastflowModel
 from skfastflow.files import ImageWarning
 from skfastflow.persistence import load, save
 from skfastflow.runtime import RuntimeDetector
@@ -143,7 +145,7 @@ def _texture(rng, height, width):
 def tiled():
     rng = np.random.default_rng(0)
     X = [_texture(rng, 64, 96) for _ in range(10)]
-    return FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_stride=16, **TINY).fit(X)
+    return FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_stride=16, tile_flows="shared", **TINY).fit(X)
 
 
 def test_tiles_of_input_size_score_as_the_untiled_detector_does():
@@ -239,6 +241,90 @@ def test_runtime_cuts_and_stitches_as_the_torch_detector(tiled, tmp_path):
     np.testing.assert_array_equal(runtime.predict(X), tiled.predict(X))
 
 
+# ---------------------------------------------------------------------------- one flow per tile position
+
+
+def _striped(rng, horizontal_left: bool):
+    """A 32x64 image: stripes across on one 32-pixel half, stripes down on the other, plus noise."""
+    across = np.zeros((32, 32), np.uint8) + np.where(np.arange(32)[:, None] % 8 < 4, 200, 60).astype(np.uint8)
+    halves = [across, across.T.copy()] if horizontal_left else [across.T.copy(), across]
+    image = np.concatenate(halves, axis=1)[:, :, None].repeat(3, axis=2)
+    return np.clip(image.astype(int) + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+
+
+def test_per_position_flows_know_what_is_normal_where():
+    """Good parts have stripes across on the left and down on the right; a part with the halves
+    swapped shows only patterns that are normal *somewhere*. One flow per tile position flags
+    it far below every good image; one shared flow, which has seen both patterns at every
+    position, barely tells it from good images (with other seeds a little above or below)."""
+    rng = np.random.default_rng(10)
+    good = [_striped(rng, True) for _ in range(16)]
+    test_good = [_striped(rng, True) for _ in range(6)]
+    swapped = [_striped(rng, False) for _ in range(3)]
+    params = dict(TINY, flow_steps=2, max_iter=8, early_stopping=False)
+    per_position = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **params).fit(good)
+    shared = FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_flows="shared", **params).fit(good)
+    assert per_position.model_.n_positions == 2 and per_position.tile_grid_size_ == (32, 64)
+    assert shared.model_.n_positions == 1 and shared.tile_grid_size_ is None
+    by_position = per_position.score_samples(swapped), per_position.score_samples(test_good)
+    by_shared = shared.score_samples(swapped), shared.score_samples(test_good)
+    position_gap = by_position[1].min() - by_position[0].max()  # > 0: every swapped part below every good one
+    shared_gap = by_shared[1].min() - by_shared[0].max()
+    assert position_gap > 0 and position_gap > 5 * abs(shared_gap)
+    assert np.all(per_position.predict(swapped) == -1)
+
+
+def test_tile_positions_route_each_input_through_its_own_flows():
+    model = FastflowModel(32, "test_resnet", pre_trained=False, flow_steps=1, n_positions=3).eval()
+    features = model.extract_features(torch.randn(5, 3, 32, 32))
+    positions = [2, 0, 2, 1, 0]
+    with torch.no_grad():
+        together = model.encode(features, positions)
+        for item, position in enumerate(positions):
+            alone = model.encode([feature[item : item + 1] for feature in features], [position])
+            for joint, single in zip(together[0] + together[1], alone[0] + alone[1]):
+                torch.testing.assert_close(joint[item : item + 1], single, rtol=1e-5, atol=1e-5)
+        # Another position gives another result: the flows are not shared.
+        other = model.encode([feature[:1] for feature in features], [0])
+        assert not torch.allclose(other[1][0], together[1][0][:1])
+    with pytest.raises(ValueError, match="pass each input's position"):
+        model.encode(features)
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        model.encode(features, [0, 1, 2, 3, 0])
+
+
+def test_per_position_flows_need_images_of_one_size():
+    rng = np.random.default_rng(11)
+    mixed = [_texture(rng, 64, 96) for _ in range(5)] + [_texture(rng, 64, 64) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"2 sizes: 64x96 \(5 images\), 64x64 \(3 images\).*tile_flows='shared'"):
+        FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_flows="per_position", **TINY).fit(mixed)
+    auto = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **TINY).fit(mixed)
+    assert auto.model_.n_positions == 1 and auto.tile_grid_size_ is None  # "auto": shared for mixed sizes
+    # One tile per image: one position, whose flows are the shared ones, for images of any size.
+    single = FastFlowDetector("test_resnet", input_size=32, tile_size=64, **TINY).fit([_texture(rng, 48, 48) for _ in range(6)])
+    assert single.model_.n_positions == 1 and single.tile_grid_size_ is None
+
+
+def test_per_position_detector_refuses_other_sizes_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(12)
+    X = [_texture(rng, 64, 96) for _ in range(8)]
+    detector = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **TINY).fit(X)
+    assert detector.model_.n_positions == 6 and detector.tile_grid_size_ == (64, 96)
+    other = [_texture(rng, 64, 100)]
+    for method in (detector.score_samples, detector.predict_maps, detector.predict, detector.score):
+        with pytest.raises(ValueError, match="64x100 pixels.*for images of 64x96.*Crop or resize it to 64x96"):
+            method(other)
+    save(detector, tmp_path / "positions.joblib")
+    restored = load(tmp_path / "positions.joblib")
+    assert restored.tile_grid_size_ == (64, 96) and restored.model_.n_positions == 6
+    np.testing.assert_array_equal(restored.score_samples(X), detector.score_samples(X))
+    with pytest.raises(ValueError, match="64x100 pixels"):
+        restored.score_samples(other)
+    with pytest.raises(ValueError, match="6 tile positions.*tile_flows='shared'"):
+        export_onnx(detector, tmp_path / "positions.onnx")
+    assert not (tmp_path / "positions.onnx").exists()
+
+
 def test_cli_fits_tiles_and_predict_reads_them_from_the_model(tmp_path, capsys):
     rng = np.random.default_rng(8)
     data = tmp_path / "good"
@@ -249,7 +335,7 @@ def test_cli_fits_tiles_and_predict_reads_them_from_the_model(tmp_path, capsys):
     assert main(["fit", str(data), "--no-pretrained", "--backbone", "test_resnet", "--input-size", "aspect:32",
                  "--tile-size", "48", "--epochs", "1", "--seed", "0", "--out", str(model)]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "Input size 32x64" in out and "tiles of 48x48" in out
+    assert "Input size 32x64" in out and "tiles of 48x48" in out and "one flow per tile position of 48x112 images" in out
     detector = load(model)
     assert detector.input_size == (32, 64) and detector.tiling_ == ((48, 48), (48, 48))
     assert main(["predict", str(model), str(data), "--csv", str(tmp_path / "scores.csv")]) == 0
