@@ -177,27 +177,23 @@ def export_metadata(detector) -> dict:
         ``map_standardization``: the detector's ``map_standardizer_``
         (:func:`skfastflow.runtime.encode_standardizer`: its size and its float32 ``mean``
         and ``scale`` in base64), or None. ``format`` is 1 for files without map
-        standardisation, which older runtimes read as before, and 2 with it, which they
-        refuse rather than score tiled images by raw maps.
+        standardisation of stitched maps (whole-image graphs standardise inside the graph),
+        which older runtimes read as before, and 2 with it, which they refuse rather than
+        score tiled images by raw maps.
 
-    Raises
-    ------
-    ValueError
-        For a detector with per-position tile flows (``tile_flows``): the graph takes tiles
-        without their positions, so only one flow for every tile exports.
+    With per-position tile flows, ``tile_grid_size``: the detector's ``tile_grid_size_``
+    ``[H, W]`` (the graph then takes whole images' tiles in tile order), else None.
+    ``format`` is 3 for those, which older runtimes refuse rather than feed tiles out of
+    order.
     """
     check_is_fitted(detector)
     model = detector.model_
-    if model.n_positions > 1:
-        raise ValueError(
-            f"This detector has flows for each of {model.n_positions} tile positions (tile_flows='per_position'), which "
-            "export does not support: the exported graph scores tiles without their positions. Refit with "
-            "tile_flows='shared' to export, or score with the torch detector."
-        )
     calibration = getattr(detector, "calibration_scores_", None)
     standardizer = getattr(detector, "map_standardizer_", None)  # None in detectors pickled before it existed
+    tiling = _tiling_of(detector)
+    grid = getattr(detector, "tile_grid_size_", None)  # None in detectors pickled before per-position flows
     return {
-        "format": 1 if standardizer is None else METADATA_FORMAT,
+        "format": 3 if grid is not None else 2 if standardizer is not None and tiling is not None else 1,
         "skfastflow_version": __version__,
         "backbone": detector.backbone,
         "input_size": list(model.input_size),
@@ -209,7 +205,8 @@ def export_metadata(detector) -> dict:
         "colour_mode": detector.colour_mode_,
         "batch_size": int(detector.batch_size),
         "calibration_scores": None if calibration is None else [float(score) for score in calibration],
-        "tiling": _tiling_of(detector),
+        "tiling": tiling,
+        "tile_grid_size": None if grid is None else [int(side) for side in grid],
         "map_standardization": None if standardizer is None else encode_standardizer(standardizer),
     }
 
@@ -247,8 +244,7 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
     FileNotFoundError
         When the destination folder does not exist.
     ValueError
-        When ``path`` ends with ``.xml``, which the runtime reads as an OpenVINO model, or
-        for per-position tile flows (:func:`export_metadata`).
+        When ``path`` ends with ``.xml``, which the runtime reads as an OpenVINO model.
     ImportError
         When the ``onnx`` package is missing (``pip install skfastflow[onnx]``).
 
@@ -276,8 +272,8 @@ def export_onnx(detector, path, *, opset: int = 17) -> Path:
     # Tiled maps are standardised after stitching, by the runtime (metadata), not per tile by the graph.
     standardizer = getattr(detector, "map_standardizer_", None) if _tiling_of(detector) is None else None
     graph = ScoringGraph(model, detector.image_score_, standardizer).eval()
-    # Two images: a batch of one could let the tracer treat the batch axis as a constant 1.
-    example = torch.zeros(2, 3, *graph.model.input_size)
+    # Two images (two grids of tiles): a batch of one could let the tracer treat the batch axis as a constant 1.
+    example = torch.zeros(2 * model.n_positions, 3, *graph.model.input_size)
     with tempfile.TemporaryDirectory(prefix=".", dir=path.parent) as folder:
         traced = Path(folder) / "graph.onnx"
         with warnings.catch_warnings():
@@ -328,8 +324,7 @@ def export_openvino(detector, path, *, opset: int = 17) -> Path:
     Raises
     ------
     ValueError
-        When ``path`` does not end with ``.xml``, or for per-position tile flows
-        (:func:`export_metadata`).
+        When ``path`` does not end with ``.xml``.
     ImportError
         When the ``openvino`` package is missing (``pip install openvino``).
     """

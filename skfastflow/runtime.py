@@ -39,8 +39,9 @@ from .verdicts import VerdictMixin
 from .tiling import TileMapAssembler, resize_map, stitched_scores, tile_boxes
 
 #: Layout of the metadata the exporter writes; files with a larger number are refused.
-#: 2 added ``map_standardization`` (files without it are still written as 1).
-METADATA_FORMAT = 2
+#: 2 added ``map_standardization`` of stitched maps, 3 ``tile_grid_size`` (per-position tile
+#: flows); files without them are still written as 1.
+METADATA_FORMAT = 3
 #: Key of the metadata entry (ONNX ``metadata_props``; OpenVINO ``rt_info``).
 METADATA_KEY = "skfastflow"
 #: Names of the graph's input and outputs.
@@ -78,6 +79,9 @@ class RuntimeDetector(VerdictMixin):
         The exported detector's tile size and stride (its ``tiling_``): images are cut,
         scored tile by tile and stitched as the torch detector does
         (:mod:`skfastflow.tiling`); None: whole images.
+    tile_grid_size_ : (int, int) or None
+        With per-position tile flows: the image size the exported detector was fitted on
+        (its ``tile_grid_size_``); images of another size are refused. None otherwise.
     colour_mode_ : {"grey", "colour", "mixed"}
         Colour of the training images, which sets the colour check (as the torch detector's).
     calibration_scores_ : ndarray of shape (n_calibration,) or None
@@ -118,6 +122,8 @@ class RuntimeDetector(VerdictMixin):
         self.colour_mode_ = self.metadata_["colour_mode"]
         tiling = self.metadata_.get("tiling")
         self.tiling_ = None if tiling is None else tuple(tuple(int(side) for side in pair) for pair in tiling)
+        grid = self.metadata_.get("tile_grid_size")
+        self.tile_grid_size_ = None if grid is None else tuple(int(side) for side in grid)
         standardization = self.metadata_.get("map_standardization")
         self.map_standardizer_ = None if standardization is None else decode_standardizer(standardization)
         calibration = self.metadata_.get("calibration_scores")
@@ -207,6 +213,9 @@ class RuntimeDetector(VerdictMixin):
         images = ImageInput(X, fitted_colour_mode=self.colour_mode_)
         pending: list[tuple[int, object, np.ndarray]] = []  # (image, box, graph input) not yet run
         assembler = TileMapAssembler()
+        # Per-position flows take whole images' tiles in tile order: runs hold whole images.
+        per_image = 1 if self.tile_grid_size_ is None else len(tile_boxes(self.tile_grid_size_, *self.tiling_))
+        capacity = max(per_image, self.batch_size // per_image * per_image)
 
         def run_pending():
             maps, _ = self._run(np.stack([tile for _, _, tile in pending]))
@@ -222,12 +231,18 @@ class RuntimeDetector(VerdictMixin):
         for index in range(len(images)):
             image, grey = images.load(index)
             images.check_colour(np.array([index]), np.array([grey]))
+            if self.tile_grid_size_ is not None and tuple(image.shape[:2]) != self.tile_grid_size_:
+                height, width = self.tile_grid_size_
+                raise ValueError(
+                    f"X[{index}] is {image.shape[0]}x{image.shape[1]} pixels, but this model has per-position tile flows "
+                    f"for images of {height}x{width}: its tiles would lie elsewhere. Crop or resize it to {height}x{width}."
+                )
             boxes = tile_boxes(image.shape[:2], *self.tiling_)
             assembler.expect(index, image.shape[:2], len(boxes))
             for box in boxes:
                 crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
                 pending.append((index, box, _to_graph_input(crop, self.input_size_)))
-                if len(pending) == self.batch_size:
+                if len(pending) + per_image > capacity and len(pending) % per_image == 0:
                     yield from run_pending()
         if pending:
             yield from run_pending()

@@ -12,11 +12,12 @@ from PIL import Image
 
 from skfastflow import FastFlowDetector
 from skfastflow.cli import main
-from skfastflow.export import export_onnx
+from skfastflow.export import export_metadata, export_onnx
 from skfastflow.nn import FastflowModel
 from skfastflow.files import ImageWarning
 from skfastflow.persistence import load, save
 from skfastflow.runtime import RuntimeDetector
+from conftest import carried_tolerance
 from skfastflow.tiling import TileBox, TileMapAssembler, aspect_input_size, check_tiling, stitch, stitched_scores, tile_boxes
 
 sides = st.integers(1, 700)
@@ -320,9 +321,38 @@ def test_per_position_detector_refuses_other_sizes_and_survives_saving(tmp_path)
     np.testing.assert_array_equal(restored.score_samples(X), detector.score_samples(X))
     with pytest.raises(ValueError, match="64x100 pixels"):
         restored.score_samples(other)
-    with pytest.raises(ValueError, match="6 tile positions.*tile_flows='shared'"):
-        export_onnx(detector, tmp_path / "positions.onnx")
-    assert not (tmp_path / "positions.onnx").exists()
+
+
+def test_metadata_format_is_the_oldest_that_scores_the_file_right(tiled):
+    """Older runtimes read format 1; only what they would score wrongly gets a newer format."""
+    rng = np.random.default_rng(14)
+    whole = FastFlowDetector("test_resnet", input_size=32, **TINY).fit([_texture(rng, 32, 48) for _ in range(6)])
+    assert whole.map_standardizer_ is not None and export_metadata(whole)["format"] == 1  # standardised inside the graph
+    assert tiled.map_standardizer_ is not None and export_metadata(tiled)["format"] == 2  # stitched maps standardised by the runtime
+    per_position = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **TINY).fit([_texture(rng, 32, 64) for _ in range(6)])
+    metadata = export_metadata(per_position)
+    assert metadata["format"] == 3 and metadata["tile_grid_size"] == [32, 64]
+    assert export_metadata(whole)["tile_grid_size"] is None and export_metadata(tiled)["tile_grid_size"] is None
+
+
+def test_runtime_scores_per_position_tiles_as_the_torch_detector(tmp_path):
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(13)
+    X = [_texture(rng, 64, 96) for _ in range(8)]
+    detector = FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_stride=(32, 16), **TINY).fit(X)
+    assert detector.model_.n_positions == 10
+    path = export_onnx(detector, tmp_path / "positions.onnx")
+    test = [_texture(rng, 64, 96) for _ in range(5)]
+    expected_maps, expected_scores = detector.predict_maps(test, return_scores=True)
+    for batch_size in (1, 13, 64):  # fewer tiles than one image has, one image and a part, several images
+        runtime = RuntimeDetector(path, batch_size=batch_size)
+        assert runtime.tile_grid_size_ == (64, 96) and runtime.metadata_["format"] == 3
+        maps, scores = runtime.predict_maps(test, return_scores=True)
+        np.testing.assert_allclose(maps, expected_maps, atol=1e-4)
+        np.testing.assert_allclose(scores, expected_scores, atol=carried_tolerance(detector, 1e-5))
+        np.testing.assert_array_equal(runtime.predict(test), detector.predict(test))
+    with pytest.raises(ValueError, match=r"X\[1\] is 64x100 pixels.*64x96"):
+        runtime.score_samples([test[0], _texture(rng, 64, 100)])
 
 
 def test_cli_fits_tiles_and_predict_reads_them_from_the_model(tmp_path, capsys):

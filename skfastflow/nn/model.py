@@ -183,6 +183,18 @@ class FastflowModel(nn.Module):
         restore = torch.argsort(order).to(features[0].device)
         return tuple([torch.cat([part[k][scale] for part in parts])[restore] for scale in range(len(features))] for k in (0, 1))
 
+    def _encode_grids(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`encode` of whole images' tiles in tile order (input ``i`` at position ``i % n_positions``).
+
+        The path :meth:`forward` records for export: a fixed loop over the positions, with
+        no data-dependent indexing.
+        """
+        grids = [feature.reshape(-1, self.n_positions, *feature.shape[1:]) for feature in features]
+        parts = [self._encode_at([grid[:, position] for grid in grids], position) for position in range(self.n_positions)]
+        return tuple(
+            [torch.stack([part[k][scale] for part in parts], dim=1).flatten(0, 1) for scale in range(len(features))] for k in (0, 1)
+        )
+
     def _encode_at(self, features: list[torch.Tensor], position: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Latents and log-Jacobians of features all at one tile position (0 with one set of flows)."""
         first = position * len(self.feature_shapes)
@@ -197,11 +209,22 @@ class FastflowModel(nn.Module):
         """Latents and log-Jacobians in training mode, else the anomaly map ``(N, 1, H, W)``.
 
         ``images`` is a normalised batch ``(N, 3, *input_size)``; any other shape raises
-        ``ValueError`` naming both sizes. Traced or exported (``torch.jit.trace``,
-        ``torch.export``, ``torch.onnx.export``), the model returns one map per image for
-        every batch size (see :meth:`FeatureExtractor.forward`).
+        ``ValueError`` naming both sizes. With ``n_positions > 1`` the batch holds the tiles
+        of whole images, image after image, each image's in tile order (``N`` a multiple of
+        ``n_positions``). Traced or exported (``torch.jit.trace``, ``torch.export``,
+        ``torch.onnx.export``), the model returns one map per image for every batch size
+        (see :meth:`FeatureExtractor.forward`).
         """
-        hidden_variables, log_jacobians = self.encode(self.extract_features(images))
+        features = self.extract_features(images)
+        if self.n_positions == 1:
+            hidden_variables, log_jacobians = self.encode(features)
+        else:
+            if images.shape[0] % self.n_positions:
+                raise ValueError(
+                    f"a batch of {images.shape[0]} tiles is not whole images' tiles: this model has {self.n_positions} "
+                    "tile positions, so pass each image's tiles in tile order, a multiple of that many."
+                )
+            hidden_variables, log_jacobians = self._encode_grids(features)
         if self.training:
             return hidden_variables, log_jacobians
         return self.anomaly_map_generator(hidden_variables)
