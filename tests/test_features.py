@@ -95,6 +95,8 @@ def test_far_over_budget_cache_spills_to_a_file_exactly(streamed):
 class _HugeFeatures:
     """A feature source whose values exceed float16's range (65504)."""
 
+    tile_numbers = None  # whole images, not tiles
+
     def __init__(self):
         self.device = torch.device("cpu")
         self.model = type("Model", (), {"feature_shapes": [(2, 3, 3)]})()
