@@ -11,7 +11,9 @@ pixels wide in a 1263-pixel image is under a pixel wide when the backbone sees i
 that lie wholly inside it; each tile is resized to ``input_size`` (``tile_size ==
 input_size`` keeps the native resolution, ``tile_size = 2 * input_size`` halves it) and
 scored on its own; the tiles' maps return to their place and are averaged where tiles
-overlap (:func:`stitch`). One flow serves every tile position.
+overlap (:func:`stitch`). The flows are one set for every tile position, or one set per
+position for images of one size (``FastFlowDetector(tile_flows=...)``); the k-th box of
+:func:`tile_boxes` is the k-th position.
 
 The layout (:func:`tile_boxes`), along each axis of length ``L`` with tile ``t`` and
 stride ``s``:
