@@ -14,7 +14,8 @@ position, ``positions`` the same with one flow per position (``tile_flows``). Al
 ``predict_maps`` returns the raw maps, and the standardised ones are computed from them
 through the fitted ``map_standardizer_`` (the statistics at each map's size), so both
 columns come from the same flows. Image AUROC is taken from the top 1 % of
-each map at the image's own size (:func:`skfastflow.tiling.stitched_scores`) for both; pixel
+each map at the image's own size (:func:`skfastflow.tiling.stitched_scores`) for both, and
+for the standardised maps under every rule of ``IMAGE_SCORE_RULES`` (last column); pixel
 AUROC and AUPRO at each image's own resolution (sets with masks only).
 """
 
@@ -32,15 +33,17 @@ from skfastflow.cli import offline_pretrained_backbone
 from skfastflow.datasets import load_mvtec
 from skfastflow.files import read_image_size, read_mask
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
+from skfastflow.thresholds import IMAGE_SCORE_RULES
 from skfastflow.tiling import aspect_input_size, stitched_scores
 
 RULE = 0.01
 
 
 def metrics(y_test, masks, maps) -> dict:
-    """Image AUROC (top 1 % of each map), and pixel AUROC and AUPRO when every defect has a mask."""
-    scores = np.array([stitched_scores(m, (RULE,))[RULE] for m in maps])
-    row = {"image_auroc": float(roc_auc_score(y_test == -1, -scores))}
+    """Image AUROC (top 1 % of each map, and per rule of ``IMAGE_SCORE_RULES``), and pixel AUROC and AUPRO when every defect has a mask."""
+    scores = [stitched_scores(m, IMAGE_SCORE_RULES) for m in maps]
+    by_rule = {rule: float(roc_auc_score(y_test == -1, -np.array([s[rule] for s in scores]))) for rule in IMAGE_SCORE_RULES}
+    row = {"image_auroc": by_rule[RULE], "image_auroc_by_rule": by_rule}
     if masks is not None:
         row["pixel_auroc"] = float(pixel_roc_auc_score(masks, maps))
         row["aupro"] = float(aupro_score(masks, maps))
@@ -87,14 +90,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated random seeds (default: %(default)s)")
     parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, aspect:N (short side N), tiles, positions (default: %(default)s)")
     args = parser.parse_args(argv)
-    print("| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. |")
-    print("|---|---|---|---|---|---|---|")
+    rules = " / ".join("max" if rule == "max" else f"{100 * rule:g} %" for rule in IMAGE_SCORE_RULES)
+    print(f"| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. | std. image AUROC {rules} |")
+    print("|---|---|---|---|---|---|---|---|")
     for root in args.data_dirs:
         for config in args.configs.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 row = run(root, config, seed, args.train, args.epochs)
                 raw, standardised = row["raw"], row["standardised"]
                 cells = [f"{raw[key]:.3f} / {standardised[key]:.3f}" if key in raw else "- / -" for key in ("image_auroc", "pixel_auroc", "aupro")]
+                cells.append(" / ".join(f"{value:.3f}" for value in standardised["image_auroc_by_rule"].values()))
                 print(f"| {row['set']} ({row['n_train']}) | {config} {row['input_size']} | {seed} | {row['fit_s']:.0f} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
