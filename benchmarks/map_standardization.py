@@ -22,6 +22,7 @@ AUROC and AUPRO at each image's own resolution (sets with masks only).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from skfastflow.files import read_image_size, read_mask
 from skfastflow.metrics import aupro_score, pixel_roc_auc_score
 from skfastflow.thresholds import IMAGE_SCORE_RULES
 from skfastflow.tiling import aspect_input_size, stitched_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verdicts import rule_name  # noqa: E402  (benchmarks/ is not a package)
 
 RULE = 0.01
 
@@ -90,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated random seeds (default: %(default)s)")
     parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, aspect:N (short side N), tiles, positions (default: %(default)s)")
     args = parser.parse_args(argv)
-    rules = " / ".join("max" if rule == "max" else f"{100 * rule:g} %" for rule in IMAGE_SCORE_RULES)
+    rules = " / ".join(map(rule_name, IMAGE_SCORE_RULES))
     print(f"| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. | std. image AUROC {rules} |")
     print("|---|---|---|---|---|---|---|---|")
     for root in args.data_dirs:
