@@ -1139,7 +1139,7 @@ def _run_demo(args) -> None:
         batch_size=16,
         validation_fraction=DEMO_VALIDATION_FRACTION,
         # 20 held-out images of uniform synthetic parts place the threshold well; cross-fitting
-        # (calibration_cv="auto" below 30) would add four trainings to a one-minute demo.
+        # (calibration_cv="auto" below 100) would add four trainings to a one-minute demo.
         calibration_cv=None,
         random_state=DEMO_SEED,
         verbose=1,

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from skfastflow import FastFlowDetector
+from skfastflow.detector import AUTO_CROSS_FIT_BELOW
 from skfastflow.metrics import recall_at_false_alarm_rates
 from skfastflow.thresholds import (
     AUTO_FALSE_ALARM_RATE,
@@ -175,8 +176,13 @@ def test_cross_fitting_scores_every_good_image_by_flows_that_never_trained_on_it
 def test_calibration_cv_auto_cross_fits_only_when_few_images_are_held_out():
     few = FastFlowDetector(**{**TINY, "calibration_cv": "auto", "n_threads": 1}).fit(textured_images(12, seed=8))
     assert few.calibration_folds_ == 5 and len(few.calibration_scores_) == 12
-    many = FastFlowDetector(**{**TINY, "calibration_cv": "auto", "n_threads": 1}, validation_fraction=0.75).fit(textured_images(40, seed=8))
-    assert many.n_validation_samples_ == 30 and many.calibration_folds_ is None and len(many.calibration_scores_) == 30
+    # 100 held out (of 125, at validation_fraction 0.8): their own tail is used, no cross-fitting.
+    many = FastFlowDetector(**{**TINY, "calibration_cv": "auto", "n_threads": 1}, validation_fraction=0.8).fit(textured_images(125, seed=8))
+    assert many.n_validation_samples_ == AUTO_CROSS_FIT_BELOW == 100
+    assert many.calibration_folds_ is None and len(many.calibration_scores_) == 100
+    # One fewer held out (99 of 124): cross-fitted, every good image gets a calibration score.
+    fewer = FastFlowDetector(**{**TINY, "calibration_cv": "auto", "n_threads": 1}, validation_fraction=0.795).fit(textured_images(124, seed=8))
+    assert fewer.n_validation_samples_ == 99 and fewer.calibration_folds_ == 5 and len(fewer.calibration_scores_) == 124
 
 
 def test_cross_fitting_replaces_in_sample_scores_without_early_stopping():
