@@ -214,8 +214,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         held-out ones) instead of the held-out ones alone. It costs about ``K - 1`` extra
         trainings of the flows. ``"auto"``: 5 folds when fewer than 100 good images are held
         out (fewer than about 1000 good images at ``validation_fraction=0.1``), where the
-        held-out scores' lowest few decide the good-score tail; none otherwise. None: the held-out images alone (the training images' own
-        scores without ``early_stopping``). The fitted flows are the same either way; only
+        held-out scores' lowest few decide the good-score tail; none otherwise. None: the
+        held-out images alone (the training images' own scores without
+        ``early_stopping``). The fitted flows are the same either way; only
         the calibration changes (``docs/quality.md``, *Verdicts*). A model search whose
         scorer ignores ``offset_`` (likelihood, AUROC) runs faster with None.
     cache_features : bool, default=True
