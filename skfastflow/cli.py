@@ -38,6 +38,7 @@ import numpy as np
 from . import __version__
 from .batch_scoring import score_files
 from .files import describe_skipped, grouped_image_warnings, image_suffixes, list_images, read_image, read_image_size, read_mask
+from .thresholds import AUTO_CALIBRATION_FOLDS, AUTO_CROSS_FIT_BELOW
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
@@ -243,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_calibration_cv,
         default=detector_defaults.get("calibration_cv"),
         help="folds of cross-fitting for the threshold: K >= 2 scores every good image by flows trained without it "
-        "(K - 1 extra trainings), none uses the held-out images alone, auto cross-fits in 5 folds when fewer than "
-        "30 images are held out (default: %(default)s)",
+        f"(K - 1 extra trainings), none uses the held-out images alone, auto cross-fits in {AUTO_CALIBRATION_FOLDS} folds "
+        f"when fewer than {AUTO_CROSS_FIT_BELOW} images are held out (default: %(default)s)",
     )
     fit.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible model")
     _add_threads_option(fit)

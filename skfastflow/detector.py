@@ -31,6 +31,8 @@ from .threads import torch_threads
 from .tiling import TileMapAssembler, check_tiling, stitched_scores, tile_boxes
 from .verdicts import VerdictMixin
 from .thresholds import (
+    AUTO_CALIBRATION_FOLDS,
+    AUTO_CROSS_FIT_BELOW,
     AUTO_FALSE_ALARM_RATE,
     DEFAULT_IMAGE_SCORE,
     IMAGE_SCORE_RULES,
@@ -42,16 +44,6 @@ from .thresholds import (
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-#: ``calibration_cv="auto"`` cross-fits when fewer good images than this are held out. The
-#: threshold aims at 2 % of good images and is capped at the calibration scores' 5 % order
-#: statistic: below 100 scores both rest on the lowest one to five images, a guess. Measured
-#: on magnetic_tile (40 held out): 12.5 % false alarms at one seed from the held-out scores,
-#: 5 to 6.2 % at three seeds cross-fitted (``docs/quality.md``, *Verdicts*).
-AUTO_CROSS_FIT_BELOW = 100
-
-#: Folds of ``calibration_cv="auto"`` (scikit-learn's usual ``cv=5``).
-AUTO_CALIBRATION_FOLDS = 5
 
 
 def resolve_device(device: str) -> torch.device:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from skfastflow import FastFlowDetector
-from skfastflow.detector import AUTO_CROSS_FIT_BELOW
+from skfastflow.thresholds import AUTO_CROSS_FIT_BELOW
 from skfastflow.metrics import recall_at_false_alarm_rates
 from skfastflow.thresholds import (
     AUTO_FALSE_ALARM_RATE,
