@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/map_standardization.py DATA_DIR [DATA_DIR ...] [--train 100] [--epochs 10] [--seeds 0] [--configs resize,aspect,tiles]
+        [--save-maps DIR]
 
 Per folder, configuration and seed: one fit with ``standardize_maps=True`` (the default) on up
 to ``--train`` good training images (evenly spaced over ``train/good``), ``--epochs`` epochs,
@@ -16,7 +17,10 @@ through the fitted ``map_standardizer_`` (the statistics at each map's size), so
 columns come from the same flows. Image AUROC is taken from the top 1 % of
 each map at the image's own size (:func:`skfastflow.tiling.stitched_scores`) for both, and
 for the standardised maps under every rule of ``IMAGE_SCORE_RULES`` (last column); pixel
-AUROC and AUPRO at each image's own resolution (sets with masks only).
+AUROC and AUPRO at each image's own resolution (sets with masks only). ``--save-maps DIR``
+keeps every test map, raw and standardised (float16, ``DIR/<set>_<config>_<seed>.npz``), with
+the labels, so that other image scores or combinations of configurations can be tried
+without refitting.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def metrics(y_test, masks, maps) -> dict:
     return row
 
 
-def run(root: Path, config: str, seed: int, n_train: int, epochs: int) -> dict:
+def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps: Path | None = None) -> dict:
     backbone, weights = offline_pretrained_backbone()
     data = load_mvtec(root, lazy=True)
     train = list(data.X_train)
@@ -80,6 +84,11 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int) -> dict:
         for anomaly_map in detector.predict_maps(X_test[start : start + 16]):
             raw.append(anomaly_map)
             standardised.append(standardizer(anomaly_map))
+    if save_maps is not None:
+        save_maps.mkdir(parents=True, exist_ok=True)
+        arrays = {f"raw_{i}": m.astype(np.float16) for i, m in enumerate(raw)}
+        arrays.update({f"standardised_{i}": m.astype(np.float16) for i, m in enumerate(standardised)})
+        np.savez(save_maps / f"{root.name}_{config.replace(':', '-')}_{seed}.npz", y_test=data.y_test, **arrays)
     return {
         "set": root.name, "config": config, "input_size": detector.model_.input_size, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
         "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),
@@ -93,6 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated random seeds (default: %(default)s)")
     parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, aspect:N (short side N), tiles, positions (default: %(default)s)")
+    parser.add_argument("--save-maps", type=Path, default=None, help="folder to keep every test map in, raw and standardised (float16)")
     args = parser.parse_args(argv)
     rules = " / ".join(map(rule_name, IMAGE_SCORE_RULES))
     print(f"| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. | std. image AUROC {rules} |")
@@ -100,7 +110,7 @@ def main(argv=None) -> int:
     for root in args.data_dirs:
         for config in args.configs.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                row = run(root, config, seed, args.train, args.epochs)
+                row = run(root, config, seed, args.train, args.epochs, args.save_maps)
                 raw, standardised = row["raw"], row["standardised"]
                 cells = [f"{raw[key]:.3f} / {standardised[key]:.3f}" if key in raw else "- / -" for key in ("image_auroc", "pixel_auroc", "aupro")]
                 cells.append(" / ".join(f"{value:.3f}" for value in standardised["image_auroc_by_rule"].values()))
