@@ -4,6 +4,9 @@ In one process, on the same images, with each thread count asked for (default: 1
 
 - ``torch``: ``FastFlowDetector.predict_maps(X, return_scores=True)`` at its default
   ``inference_precision`` (``"auto"``);
+- ``torch float32``: the same detector with ``inference_precision="float32"`` (what
+  ``"auto"`` runs on CPUs without bfloat16 instructions), to tell the runtime's gain from
+  the arithmetic's;
 - ``onnxruntime``: :class:`skfastflow.runtime.RuntimeDetector` on the file of
   :func:`skfastflow.export.export_onnx` (float32);
 - ``openvino``: the same on :func:`skfastflow.export.export_openvino`'s IR, when the
@@ -36,6 +39,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -170,6 +174,7 @@ def main(argv=None):
         f"{detector.backbone} at {args.input_size} px, {len(X_test)} test images, inference_precision="
         f"{detector.inference_precision!r}, runtime batch size {args.runtime_batch_size or detector.batch_size}"
     )
+    float32_detector = copy.deepcopy(detector).set_params(inference_precision="float32")
     folder = tempfile.mkdtemp(prefix="skfastflow_deploy_")
     files = {"onnxruntime": export_onnx(detector, os.path.join(folder, "detector.onnx"))}
     try:
@@ -184,7 +189,7 @@ def main(argv=None):
     rows = []
     for threads in [int(value) for value in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        engines = {"torch": detector}
+        engines = {"torch": detector, "torch float32": float32_detector}
         engines.update(
             (name, RuntimeDetector(path, batch_size=args.runtime_batch_size, n_threads=threads)) for name, path in files.items()
         )
