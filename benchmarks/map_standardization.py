@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/map_standardization.py DATA_DIR [DATA_DIR ...] [--train 100] [--epochs 10] [--seeds 0] [--configs resize,aspect,tiles]
-        [--save-maps DIR]
+        [--save-maps DIR | --load-maps DIR]
 
 Per folder, configuration and seed: one fit with ``standardize_maps=True`` (the default) on up
 to ``--train`` good training images (evenly spaced over ``train/good``), ``--epochs`` epochs,
@@ -17,10 +17,12 @@ through the fitted ``map_standardizer_`` (the statistics at each map's size), so
 columns come from the same flows. Image AUROC is taken from the top 1 % of
 each map at the image's own size (:func:`skfastflow.tiling.stitched_scores`) for both, and
 for the standardised maps under every rule of ``IMAGE_SCORE_RULES`` (last column); pixel
-AUROC and AUPRO at each image's own resolution (sets with masks only). ``--save-maps DIR``
-keeps every test map, raw and standardised (float16, ``DIR/<set>_<config>_<seed>.npz``), with
-the labels, so that other image scores or combinations of configurations can be tried
-without refitting.
+AUROC and AUPRO at each image's own resolution (sets with masks only). The verdict's view of
+the standardised image scores (top 1 %): recall at 0 % and 5 % false alarms on the test
+images themselves (``recall_at_false_alarm_rates``, a yardstick, not a threshold).
+``--save-maps DIR`` keeps every test map, raw and standardised (float16,
+``DIR/<set>_<config>_<seed>.npz``), with the labels; ``--load-maps DIR`` prints the table
+again from such files without fitting (fit seconds then "-"), e.g. after adding a column.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from skfastflow import FastFlowDetector
 from skfastflow.cli import offline_pretrained_backbone
 from skfastflow.datasets import load_mvtec
 from skfastflow.files import read_image_size, read_mask
-from skfastflow.metrics import aupro_score, pixel_roc_auc_score
+from skfastflow.metrics import aupro_score, pixel_roc_auc_score, recall_at_false_alarm_rates
 from skfastflow.thresholds import IMAGE_SCORE_RULES
 from skfastflow.tiling import aspect_input_size, stitched_scores
 
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from verdicts import rule_name  # noqa: E402  (benchmarks/ is not a package)
 
 RULE = 0.01
+YARDSTICK_FALSE_ALARMS = (0.0, 0.05)
 
 
 def metrics(y_test, masks, maps) -> dict:
@@ -52,14 +55,18 @@ def metrics(y_test, masks, maps) -> dict:
     scores = [stitched_scores(m, IMAGE_SCORE_RULES) for m in maps]
     by_rule = {rule: float(roc_auc_score(y_test == -1, -np.array([s[rule] for s in scores]))) for rule in IMAGE_SCORE_RULES}
     row = {"image_auroc": by_rule[RULE], "image_auroc_by_rule": by_rule}
+    row["recall"] = recall_at_false_alarm_rates(y_test, [s[RULE] for s in scores], YARDSTICK_FALSE_ALARMS)
     if masks is not None:
         row["pixel_auroc"] = float(pixel_roc_auc_score(masks, maps))
         row["aupro"] = float(aupro_score(masks, maps))
     return row
 
 
-def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps: Path | None = None) -> dict:
-    backbone, weights = offline_pretrained_backbone()
+def maps_file(folder: Path, root: Path, config: str, seed: int) -> Path:
+    return folder / f"{root.name}_{config.replace(':', '-')}_{seed}.npz"
+
+
+def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps: Path | None = None, load_maps: Path | None = None) -> dict:
     data = load_mvtec(root, lazy=True)
     train = list(data.X_train)
     if n_train < len(train):
@@ -67,6 +74,15 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps
     masks = None
     if all(path is not None for path, label in zip(data.masks_test, data.y_test) if label == -1):
         masks = [np.zeros(read_image_size(image), bool) if path is None else read_mask(path) for image, path in zip(data.X_test, data.masks_test)]
+    if load_maps is not None:
+        saved = np.load(maps_file(load_maps, root, config, seed))
+        raw = [saved[f"raw_{i}"].astype(np.float32) for i in range(len(data.y_test))]
+        standardised = [saved[f"standardised_{i}"].astype(np.float32) for i in range(len(data.y_test))]
+        return {
+            "set": root.name, "config": config, "input_size": "(saved maps)", "seed": seed, "n_train": len(train), "fit_s": float("nan"),
+            "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),
+        }
+    backbone, weights = offline_pretrained_backbone()
     params = dict(weights=weights, max_iter=epochs, random_state=seed)
     if config.startswith("aspect"):  # "aspect" (short side 256) or "aspect:N" (short side N)
         sizes = np.array([read_image_size(item) for item in train])
@@ -88,7 +104,7 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps
         save_maps.mkdir(parents=True, exist_ok=True)
         arrays = {f"raw_{i}": m.astype(np.float16) for i, m in enumerate(raw)}
         arrays.update({f"standardised_{i}": m.astype(np.float16) for i, m in enumerate(standardised)})
-        np.savez(save_maps / f"{root.name}_{config.replace(':', '-')}_{seed}.npz", y_test=data.y_test, **arrays)
+        np.savez(maps_file(save_maps, root, config, seed), y_test=data.y_test, **arrays)
     return {
         "set": root.name, "config": config, "input_size": detector.model_.input_size, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
         "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),
@@ -102,19 +118,26 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated random seeds (default: %(default)s)")
     parser.add_argument("--configs", default="resize", help="comma-separated: resize, aspect, aspect:N (short side N), tiles, positions (default: %(default)s)")
-    parser.add_argument("--save-maps", type=Path, default=None, help="folder to keep every test map in, raw and standardised (float16)")
+    maps = parser.add_mutually_exclusive_group()
+    maps.add_argument("--save-maps", type=Path, default=None, help="folder to keep every test map in, raw and standardised (float16)")
+    maps.add_argument("--load-maps", type=Path, default=None, help="folder of --save-maps files: the table from them, without fitting")
     args = parser.parse_args(argv)
     rules = " / ".join(map(rule_name, IMAGE_SCORE_RULES))
-    print(f"| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. | std. image AUROC {rules} |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| set | configuration | seed | fit s | image AUROC raw / std. | pixel AUROC raw / std. | AUPRO raw / std. | std. image AUROC {rules} "
+        "| std. recall at 0 / 5 % false alarms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for root in args.data_dirs:
         for config in args.configs.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                row = run(root, config, seed, args.train, args.epochs, args.save_maps)
+                row = run(root, config, seed, args.train, args.epochs, args.save_maps, args.load_maps)
                 raw, standardised = row["raw"], row["standardised"]
                 cells = [f"{raw[key]:.3f} / {standardised[key]:.3f}" if key in raw else "- / -" for key in ("image_auroc", "pixel_auroc", "aupro")]
                 cells.append(" / ".join(f"{value:.3f}" for value in standardised["image_auroc_by_rule"].values()))
-                print(f"| {row['set']} ({row['n_train']}) | {config} {row['input_size']} | {seed} | {row['fit_s']:.0f} | " + " | ".join(cells) + " |", flush=True)
+                cells.append(" / ".join(f"{value:.3f}" for value in standardised["recall"]))
+                fit = "-" if np.isnan(row["fit_s"]) else f"{row['fit_s']:.0f}"
+                print(f"| {row['set']} ({row['n_train']}) | {config} {row['input_size']} | {seed} | {fit} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 
