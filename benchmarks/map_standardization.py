@@ -66,22 +66,8 @@ def maps_file(folder: Path, root: Path, config: str, seed: int) -> Path:
     return folder / f"{root.name}_{config.replace(':', '-')}_{seed}.npz"
 
 
-def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps: Path | None = None, load_maps: Path | None = None) -> dict:
-    data = load_mvtec(root, lazy=True)
-    train = list(data.X_train)
-    if n_train < len(train):
-        train = [train[i] for i in np.linspace(0, len(train) - 1, n_train).round().astype(int)]
-    masks = None
-    if all(path is not None for path, label in zip(data.masks_test, data.y_test) if label == -1):
-        masks = [np.zeros(read_image_size(image), bool) if path is None else read_mask(path) for image, path in zip(data.X_test, data.masks_test)]
-    if load_maps is not None:
-        saved = np.load(maps_file(load_maps, root, config, seed))
-        raw = [saved[f"raw_{i}"].astype(np.float32) for i in range(len(data.y_test))]
-        standardised = [saved[f"standardised_{i}"].astype(np.float32) for i in range(len(data.y_test))]
-        return {
-            "set": root.name, "config": config, "input_size": "(saved maps)", "seed": seed, "n_train": len(train), "fit_s": float("nan"),
-            "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),
-        }
+def fit_and_score(config: str, seed: int, epochs: int, train, X_test) -> tuple:
+    """``(raw maps, standardised maps, input size, fit seconds)`` of one fit of ``config``."""
     backbone, weights = offline_pretrained_backbone()
     params = dict(weights=weights, max_iter=epochs, random_state=seed)
     if config.startswith("aspect"):  # "aspect" (short side 256) or "aspect:N" (short side N)
@@ -95,18 +81,34 @@ def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps
     fit_seconds = time.perf_counter() - started
     standardizer = detector.map_standardizer_
     standardised, raw = [], []
-    X_test = list(data.X_test)
     for start in range(0, len(X_test), 16):  # bounded memory: maps of large images are large
         for anomaly_map in detector.predict_maps(X_test[start : start + 16]):
             raw.append(anomaly_map)
             standardised.append(standardizer(anomaly_map))
+    return raw, standardised, detector.model_.input_size, fit_seconds
+
+
+def run(root: Path, config: str, seed: int, n_train: int, epochs: int, save_maps: Path | None = None, load_maps: Path | None = None) -> dict:
+    data = load_mvtec(root, lazy=True)
+    train = list(data.X_train)
+    if n_train < len(train):
+        train = [train[i] for i in np.linspace(0, len(train) - 1, n_train).round().astype(int)]
+    masks = None
+    if all(path is not None for path, label in zip(data.masks_test, data.y_test) if label == -1):
+        masks = [np.zeros(read_image_size(image), bool) if path is None else read_mask(path) for image, path in zip(data.X_test, data.masks_test)]
+    if load_maps is not None:
+        saved = np.load(maps_file(load_maps, root, config, seed))
+        raw, standardised = ([saved[f"{kind}_{i}"].astype(np.float32) for i in range(len(data.y_test))] for kind in ("raw", "standardised"))
+        input_size, fit_seconds = "(saved maps)", float("nan")
+    else:
+        raw, standardised, input_size, fit_seconds = fit_and_score(config, seed, epochs, train, list(data.X_test))
     if save_maps is not None:
         save_maps.mkdir(parents=True, exist_ok=True)
         arrays = {f"raw_{i}": m.astype(np.float16) for i, m in enumerate(raw)}
         arrays.update({f"standardised_{i}": m.astype(np.float16) for i, m in enumerate(standardised)})
         np.savez(maps_file(save_maps, root, config, seed), y_test=data.y_test, **arrays)
     return {
-        "set": root.name, "config": config, "input_size": detector.model_.input_size, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
+        "set": root.name, "config": config, "input_size": input_size, "seed": seed, "n_train": len(train), "fit_s": fit_seconds,
         "raw": metrics(data.y_test, masks, raw), "standardised": metrics(data.y_test, masks, standardised),
     }
 

@@ -8,9 +8,9 @@ For each saved fit (the default image score, top 1 %), every threshold between t
 calibration score and their median is tried on the test scores, and those that meet both
 targets of the verdicts (at most 10 % of the good test images flagged, recall at least 0.85
 of the yardstick, the best recall at 5 % false alarms on the test images themselves) form
-the fit's *window*. It is printed as ``z = (threshold - median) / MAD`` of the calibration scores (MAD: 1.4826
-median absolute deviations), with the number of calibration images it flags,
-beside two label-free rules:
+the fit's *window*. It is printed as ``z = (threshold - median) / MAD`` of the calibration
+scores (MAD: 1.4826 median absolute deviations), with the number of calibration images it
+flags, beside two label-free rules:
 
 - ``robust_offset``: the default (``contamination="auto"``), whose cap flags at most
   ``max(1, floor(0.05 n))`` of the ``n`` calibration images;
@@ -39,8 +39,8 @@ YARDSTICK_FALSE_ALARMS = 0.05
 
 
 def conformal_capped_offset(calibration: np.ndarray) -> float:
-    """``robust_offset``, capped at the conformal 5 % threshold (never above the second-lowest score)."""
-    return min(robust_offset(calibration), max(conformal_offset(calibration, 0.05), float(np.sort(calibration)[1])))
+    """``robust_offset`` of sorted ``calibration``, capped at the conformal 5 % threshold (never below the second-lowest score)."""
+    return min(robust_offset(calibration), max(conformal_offset(calibration, 0.05), float(calibration[1])))
 
 
 def verdict(y_test, test, offset, yardstick):
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scores", nargs="+", type=Path, help="files written by benchmarks/verdicts.py --save-scores")
     args = parser.parse_args(argv)
-    key = f"{DEFAULT_IMAGE_SCORE}"
+    key = str(DEFAULT_IMAGE_SCORE)
     print("| fit | calibration images | window: z (calibration images flagged) | robust_offset: z, false alarms, recall / yardstick | conformal cap: z, false alarms, recall / yardstick |")
     print("|---|---:|---|---|---|")
     for path in args.scores:

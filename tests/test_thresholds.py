@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from skfastflow import FastFlowDetector
-from skfastflow.thresholds import AUTO_CROSS_FIT_BELOW
 from skfastflow.metrics import recall_at_false_alarm_rates
 from skfastflow.thresholds import (
+    AUTO_CROSS_FIT_BELOW,
     AUTO_FALSE_ALARM_RATE,
     IMAGE_SCORE_RULES,
     choose_image_score,
