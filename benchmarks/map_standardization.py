@@ -74,14 +74,13 @@ def fit_and_score(config: str, seed: int, epochs: int, train, X_test) -> tuple:
     # calibration_cv=None: the maps come from the fitted flows, which cross-fitting (after them,
     # for offset_ only) leaves as they are; skipping it saves up to four more trainings per fit.
     params = dict(weights=weights, max_iter=epochs, random_state=seed, calibration_cv=None)
-    if config.startswith("aspect"):  # "aspect" (short side 256) or "aspect:N" (short side N)
+    kind, _, size = config.partition(":")  # "aspect:N", "tiles:N", "positions:N": N sets the size
+    if kind == "aspect":  # "aspect" (short side 256) or "aspect:N" (short side N)
         sizes = np.array([read_image_size(item) for item in train])
-        short_side = int(config.partition(":")[2] or 256)
-        params["input_size"] = aspect_input_size(tuple(int(v) for v in np.median(sizes, axis=0)), short_side=short_side)
-    elif config.partition(":")[0] in ("tiles", "positions"):  # one flow for every tile position, or one per position
-        # "tiles:N" / "positions:N": N-pixel tiles, each resized to the 256-pixel input (N < 256 magnifies)
-        tiling, _, tile_size = config.partition(":")
-        params.update(tile_size=int(tile_size or 256), tile_flows="shared" if tiling == "tiles" else "per_position")
+        params["input_size"] = aspect_input_size(tuple(int(v) for v in np.median(sizes, axis=0)), short_side=int(size or 256))
+    elif kind in ("tiles", "positions"):  # one flow for every tile position, or one per position
+        # N-pixel tiles, each resized to the 256-pixel input (N < 256 magnifies)
+        params.update(tile_size=int(size or 256), tile_flows="shared" if kind == "tiles" else "per_position")
     started = time.perf_counter()
     detector = FastFlowDetector(backbone, **params).fit(train)
     fit_seconds = time.perf_counter() - started
