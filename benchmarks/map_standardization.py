@@ -16,7 +16,8 @@ position, ``positions`` the same with one flow per position (``tile_flows``); ``
 magnifies the image, for marks only a few pixels wide). All of ``test/`` is scored once;
 ``predict_maps`` returns the raw maps, and the standardised ones are computed from them
 through the fitted ``map_standardizer_`` (the statistics at each map's size), so both
-columns come from the same flows. Image AUROC is taken from the top 1 % of
+columns come from the same flows; with per-position tiles it returns the standardised maps
+(``map_kind_``), and the raw ones are computed back from them (``mean + scale * map``). Image AUROC is taken from the top 1 % of
 each map at the image's own size (:func:`skfastflow.tiling.stitched_scores`) for both, and
 for the standardised maps under every rule of ``IMAGE_SCORE_RULES`` (last column); pixel
 AUROC and AUPRO at each image's own resolution (sets with masks only). The verdict's view of
@@ -88,8 +89,13 @@ def fit_and_score(config: str, seed: int, epochs: int, train, X_test) -> tuple:
     standardised, raw = [], []
     for start in range(0, len(X_test), 16):  # bounded memory: maps of large images are large
         for anomaly_map in detector.predict_maps(X_test[start : start + 16]):
-            raw.append(anomaly_map)
-            standardised.append(standardizer(anomaly_map))
+            if detector.map_kind_ == "standardized":
+                mean, scale = standardizer.at_size(anomaly_map.shape)
+                raw.append(mean + scale * anomaly_map)
+                standardised.append(anomaly_map)
+            else:
+                raw.append(anomaly_map)
+                standardised.append(standardizer(anomaly_map))
     return raw, standardised, detector.model_.input_size, fit_seconds
 
 

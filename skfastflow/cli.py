@@ -581,7 +581,8 @@ def _write_overlay(image_path: Path, anomaly_map: np.ndarray, decision: float, d
 
     pixel_threshold = -detector.offset_
     if detector.map_standardizer_ is not None:
-        anomaly_map = detector.map_standardizer_(anomaly_map)
+        if detector.map_kind_ == "raw":  # per-position tile flows return the standardised map already
+            anomaly_map = detector.map_standardizer_(anomaly_map)
         low, high = 0.0, max(2.0 * pixel_threshold, 1.0)
     else:
         low, high = max(-1.0, min(2.0 * pixel_threshold, -0.5)), 0.0

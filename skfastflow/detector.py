@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from .features import CachedFeatures, FeatureSubset, StreamedFeatures, batches_in_order
 from .heap import reuse_freed_memory
 from .images import ImageBatch, ImageCollection, TileView, resize_maps
-from .map_standardization import GoodMapStatistics, MapStandardizer, statistics_size
+from .map_standardization import GoodMapStatistics, MapStandardizer, returned_map_kind, statistics_size
 from .metrics import _as_boolean_mask, _as_image_list
 from .nn import FastflowLoss, FastflowModel
 from .nn.anomaly_map import scores_by_rule
@@ -120,7 +120,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         Measured (``docs/quality.md``, *Tiling*): per position beat shared on both real sets
         of one image size, by 0.11 and 0.18 image AUROC and 0.06 and 0.15 AUPRO (pitting,
         tire; one seed). The same compute either way; the model
-        holds ``n_positions`` times the flows. Ignored without tiling.
+        holds ``n_positions`` times the flows. With per-position flows and
+        ``standardize_maps``, :meth:`predict_maps` returns standardised maps (``map_kind_``):
+        each position's raw maps lie at a level of their own. Ignored without tiling.
     flow_steps : int, default=8
         Coupling blocks per flow.
     conv3x3_only : bool, default=False
@@ -170,7 +172,8 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         (:mod:`skfastflow.map_standardization`), before the image score: a pixel scores by
         how unusual its value is *there*, so the places where good images' maps run hot as
         a matter of course (a rim, the edge of a fixture) stop drowning the defects.
-        :meth:`predict_maps` still returns the raw maps, which localise better. Measured on
+        :meth:`predict_maps` still returns the raw maps, which localise better on whole
+        images (with per-position tile flows, the standardised ones: ``map_kind_``). Measured on
         the four real sets (``docs/quality.md``, *Maps standardised per pixel*): image AUROC
         of default fits up by 0.03 to 0.17 on tire and magnetic_tile, level on pitting and
         glass, recall at ``offset_`` up; but more good images flagged where they drift from
@@ -319,6 +322,10 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         tiling at the training images' most common size, resized to each map's size), which
         standardise every map before its image score (``map_standardizer_(m)`` for a map ``m``
         of any size); None without ``standardize_maps``.
+    map_kind_ : {"raw", "standardized"}
+        The map :meth:`predict_maps` returns: the standardised one with per-position tile
+        flows and ``map_standardizer_`` (their raw maps have a seam of level at every tile
+        border), else the raw one.
     calibration_folds_ : int or None
         Folds of the cross-fitting behind ``calibration_scores_`` (``calibration_cv``
         resolved); None without.
@@ -354,8 +361,9 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
     where a pixel is as usual, a few units at the good images' hottest pixels, tens at clear
     defects; the scores are their negated top values, so good images score around -1 to -5
     and defects lower (no fixed range). Without it, ``score_samples`` lies in ``[0, 1]``.
-    Maps (:meth:`predict_maps`) are raw either way, in ``[-1, 0]``;
-    ``map_standardizer_(m)`` gives the standardised map behind the score of a map ``m``.
+    Maps (:meth:`predict_maps`) are raw either way, in ``[-1, 0]``, except with per-position
+    tile flows (``map_kind_``); ``map_standardizer_(m)`` gives the standardised map behind the
+    score of a raw map ``m``.
 
     Labelled defects (``y == -1`` in :meth:`fit`) are scored, never trained on: they only
     choose the image-score rule (``image_score="auto"``) and place the threshold
@@ -1091,8 +1099,11 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         -------
         maps : ndarray of shape (n_samples, H, W) or list of ndarray
             An array when all images have the same size, else a list of ``(H_i, W_i)``
-            arrays, float32. Values lie in ``[-1, 0]`` (raw maps: the image score
-            standardises them first with ``standardize_maps``, see ``map_standardizer_``).
+            arrays, float32. The map ``map_kind_`` names: raw, in ``[-1, 0]`` (the image
+            score standardises it first with ``standardize_maps``, see
+            ``map_standardizer_``), or, with per-position tile flows and
+            ``standardize_maps``, the standardised map the image score is taken over (any
+            real number; about 0 where a pixel is as usual for good images).
         scores : ndarray of shape (n_samples,), dtype float64
             Only with ``return_scores=True``: exactly ``score_samples(X)``. The image score
             is taken from the map at ``input_size``, before resizing.
@@ -1109,9 +1120,13 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         An unreadable file fails its whole call; for one result per file, errors
         included, use :func:`skfastflow.batch_scoring.score_files`.
         """
+        standardized = self.map_kind_ == "standardized"
         maps, scores = [], []
         for batch, batch_maps in self._anomaly_maps(X):
-            maps.extend(batch_maps if isinstance(batch_maps, list) else resize_maps(batch_maps, batch.original_sizes))
+            if isinstance(batch_maps, list):  # tiled: stitched maps, at the images' sizes already
+                maps.extend([self.map_standardizer_(m) for m in batch_maps] if standardized else batch_maps)
+            else:
+                maps.extend(resize_maps(batch_maps, batch.original_sizes))
             if return_scores:
                 scores.append(self._image_scores(batch_maps))
         if len({m.shape for m in maps}) == 1:
@@ -1119,6 +1134,22 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
         if return_scores:
             return maps, torch.cat(scores).double().cpu().numpy()
         return maps
+
+    @property
+    def map_kind_(self) -> str:
+        """Which map :meth:`predict_maps` returns: ``"raw"`` or ``"standardized"``.
+
+        ``"standardized"`` with per-position tile flows (``tile_grid_size_``) and
+        ``map_standardizer_``, whose positions' raw maps lie at levels of their own (a seam
+        at every tile border); else ``"raw"``. See
+        :func:`skfastflow.map_standardization.returned_map_kind`.
+
+        Raises
+        ------
+        AttributeError
+            Before :meth:`fit`.
+        """
+        return returned_map_kind(self.map_standardizer_, self.tile_grid_size_)
 
     @_in_torch_threads
     def p_values(self, X):

@@ -9,7 +9,8 @@ backbone, the flows, the anomaly map and the image score:
   so a program in any language only has to resize;
 - output ``anomaly_maps``: float32 ``(N, H, W)`` at ``input_size``, higher = more
   anomalous, in ``[-1, 0]``, as :meth:`~skfastflow.FastFlowDetector.predict_maps` gives them
-  before resizing to each image's size;
+  before resizing to each image's size (raw maps: with per-position tile flows it returns the
+  stitched maps standardised, ``map_kind_``);
 - output ``scores``: float32 ``(N,)``, ``score_samples`` under the fitted detector's
   image-score rule ``image_score_`` (higher = more normal), over the maps standardised per
   pixel by the detector's ``map_standardizer_`` (its statistics are constants of the graph)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from . import __version__
 from .image_input import ImageInput
-from .map_standardization import MapStandardizer
+from .map_standardization import MapStandardizer, returned_map_kind
 from .thresholds import conformal_p_values
 from .verdicts import VerdictMixin
 from .tiling import TileMapAssembler, resize_map, stitched_scores, tile_boxes
@@ -74,7 +74,10 @@ class RuntimeDetector(VerdictMixin):
     map_standardizer_ : MapStandardizer or None
         The exported detector's ``map_standardizer_``: the image score is taken over the
         maps standardised per pixel by it (inside the graph; with tiling, here, after
-        stitching); the maps returned stay raw.
+        stitching); the maps returned stay raw, except with per-position tile flows
+        (``map_kind_``).
+    map_kind_ : {"raw", "standardized"}
+        The map :meth:`predict_maps` returns, as the exported detector's ``map_kind_``.
     tiling_ : ((int, int), (int, int)) or None
         The exported detector's tile size and stride (its ``tiling_``): images are cut,
         scored tile by tile and stitched as the torch detector does
@@ -126,6 +129,7 @@ class RuntimeDetector(VerdictMixin):
         self.tile_grid_size_ = None if grid is None else tuple(int(side) for side in grid)
         standardization = self.metadata_.get("map_standardization")
         self.map_standardizer_ = None if standardization is None else decode_standardizer(standardization)
+        self.map_kind_ = returned_map_kind(self.map_standardizer_, self.tile_grid_size_)
         calibration = self.metadata_.get("calibration_scores")
         self.calibration_scores_ = None if calibration is None else np.asarray(calibration, dtype=np.float64)
         self.batch_size = int(self.metadata_["batch_size"]) if batch_size is None else batch_size
@@ -225,7 +229,7 @@ class RuntimeDetector(VerdictMixin):
                     # Whole images' scores come standardised from the graph; stitched maps, here.
                     scored = stitched if self.map_standardizer_ is None else self.map_standardizer_(stitched)
                     score = stitched_scores(scored, (self.image_score_,))[self.image_score_]
-                    yield [stitched.shape], [stitched], np.array([score])
+                    yield [stitched.shape], [scored if self.map_kind_ == "standardized" else stitched], np.array([score])
             pending.clear()
 
         for index in range(len(images)):
@@ -280,7 +284,9 @@ class RuntimeDetector(VerdictMixin):
         -------
         maps : ndarray of shape (n_samples, H, W) or list of ndarray
             float32, an array when all images have the same size, else a list of
-            ``(H_i, W_i)`` arrays. Values lie in ``[-1, 0]``.
+            ``(H_i, W_i)`` arrays: the map ``map_kind_`` names, as the torch detector's
+            (raw, in ``[-1, 0]``; with per-position tile flows and map standardisation, the
+            standardised map the score is taken over).
         scores : ndarray of shape (n_samples,), dtype float64
             Only with ``return_scores=True``: exactly ``score_samples(X)``.
         """

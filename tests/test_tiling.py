@@ -14,10 +14,11 @@ from skfastflow import FastFlowDetector
 from skfastflow.cli import main
 from skfastflow.export import export_metadata, export_onnx
 from skfastflow.nn import FastflowModel
-from skfastflow.files import ImageWarning
+from skfastflow.files import ImageWarning, read_image
 from skfastflow.persistence import load, save
 from skfastflow.runtime import RuntimeDetector
 from conftest import carried_tolerance
+from skfastflow.visualization import overlay_heatmap
 from skfastflow.tiling import TileBox, TileMapAssembler, aspect_input_size, check_tiling, stitch, stitched_scores, tile_boxes
 
 sides = st.integers(1, 700)
@@ -275,6 +276,37 @@ def test_per_position_flows_know_what_is_normal_where():
     assert np.all(per_position.predict(swapped) == -1)
 
 
+def _noisy_left(rng):
+    """A 32x64 grey-level part: strong noise on its left 32-pixel half, faint noise on the right."""
+    image = np.full((32, 64, 3), 128, np.int16)
+    image[:, :32] += rng.integers(-60, 61, (32, 32, 3)).astype(np.int16)
+    image[:, 32:] += rng.integers(-5, 6, (32, 32, 3)).astype(np.int16)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_per_position_maps_come_standardised_without_a_seam_of_level():
+    """Each position's flows put good parts' raw maps at a level of their own, so raw stitched
+    maps step at the tile border; predict_maps returns the standardised map (map_kind_), level
+    across the border, which is exactly the raw map standardised by map_standardizer_."""
+    rng = np.random.default_rng(0)
+    good, test = [_noisy_left(rng) for _ in range(12)], [_noisy_left(rng) for _ in range(4)]
+    params = dict(TINY, max_iter=4, early_stopping=False)
+    standardised = FastFlowDetector("test_resnet", input_size=32, tile_size=32, **params).fit(good)
+    raw = FastFlowDetector("test_resnet", input_size=32, tile_size=32, standardize_maps=False, **params).fit(good)
+    shared = FastFlowDetector("test_resnet", input_size=32, tile_size=32, tile_flows="shared", **params).fit(good)
+    assert (standardised.map_kind_, raw.map_kind_, shared.map_kind_) == ("standardized", "raw", "raw")
+
+    def step_at_the_border(maps):  # difference of the halves' levels, in units of their spread
+        left, right = maps[:, :, :32], maps[:, :, 32:]
+        return abs(left.mean() - right.mean()) / np.mean([left.std(), right.std()])
+
+    raw_maps, standardised_maps = raw.predict_maps(test), standardised.predict_maps(test)
+    assert raw_maps.min() >= -1 and raw_maps.max() <= 0 and standardised_maps.max() > 0
+    assert step_at_the_border(raw_maps) > 1.0 and step_at_the_border(standardised_maps) < 0.2
+    # The same flows (standardize_maps only adds a pass after training): the returned map is the raw one, standardised.
+    np.testing.assert_allclose(standardised_maps, [standardised.map_standardizer_(m) for m in raw_maps], atol=1e-4)
+
+
 def test_tile_positions_route_each_input_through_its_own_flows():
     model = FastflowModel(32, "test_resnet", pre_trained=False, flow_steps=1, n_positions=3).eval()
     features = model.extract_features(torch.randn(5, 3, 32, 32))
@@ -368,13 +400,21 @@ def test_cli_fits_tiles_and_predict_reads_them_from_the_model(tmp_path, capsys):
     assert "Input size 32x64" in out and "tiles of 48x48" in out and "one flow per tile position of 48x112 images" in out
     detector = load(model)
     assert detector.input_size == (32, 64) and detector.tiling_ == ((48, 48), (48, 48))
-    assert main(["predict", str(model), str(data), "--csv", str(tmp_path / "scores.csv")]) == 0
+    assert main(["predict", str(model), str(data), "--csv", str(tmp_path / "scores.csv"), "--maps", str(tmp_path / "maps")]) == 0
     with open(tmp_path / "scores.csv") as file:
         rows = list(csv.DictReader(file))
     paths = sorted(data.glob("*.png"))
     expected = detector.decision_function([str(path) for path in paths])
     assert [row["path"] for row in rows] == [str(path) for path in paths]
     np.testing.assert_allclose([float(row["decision"]) for row in rows], expected, atol=1e-6)
+    # The overlay draws the map the verdict rests on, standardised once: predict_maps' own map here
+    # (map_kind_), on the standardised maps' scale (0 to twice the threshold, at least 1).
+    assert detector.map_kind_ == "standardized"
+    threshold = -detector.offset_
+    drawn = overlay_heatmap(read_image(paths[0]), detector.predict_maps([paths[0]])[0], threshold=threshold,
+                            score=expected[0], vmin=0.0, vmax=max(2.0 * threshold, 1.0))  # fmt: skip
+    with Image.open(tmp_path / "maps" / paths[0].name) as picture:
+        np.testing.assert_array_equal(np.asarray(picture), drawn)
 
 
 def test_cli_refuses_a_stride_larger_than_the_tile(tmp_path, capsys):
