@@ -1146,9 +1146,10 @@ class FastFlowDetector(VerdictMixin, PicklableModel, OutlierMixin, BaseEstimator
 
         Raises
         ------
-        AttributeError
-            Before :meth:`fit`.
+        sklearn.exceptions.NotFittedError
+            Before :meth:`fit` (an ``AttributeError``: ``hasattr`` says False).
         """
+        check_is_fitted(self)
         return returned_map_kind(self.map_standardizer_, self.tile_grid_size_)
 
     @_in_torch_threads

@@ -357,6 +357,7 @@ def test_unfitted_detector_raises_not_fitted_error(fitted, data):
             getattr(detector, method)(test)
     with pytest.raises(NotFittedError):
         check_is_fitted(detector)
+    assert not hasattr(detector, "map_kind_") and fitted.map_kind_ == "raw"  # which map predict_maps returns, once fitted
     check_is_fitted(fitted)
 
 
