@@ -232,7 +232,7 @@ def test_labelled_defects_and_score_read_tiles_too(tiled):
 def test_runtime_cuts_and_stitches_as_the_torch_detector(tiled, tmp_path):
     pytest.importorskip("onnxruntime")
     runtime = RuntimeDetector(export_onnx(tiled, tmp_path / "tiled.onnx"), batch_size=5)
-    assert runtime.tiling_ == tiled.tiling_
+    assert runtime.tiling_ == tiled.tiling_ and runtime.map_kind_ == tiled.map_kind_ == "raw"  # one shared flow: raw maps
     rng = np.random.default_rng(7)
     X = [_texture(rng, 70, 101), _texture(rng, 20, 25), _texture(rng, 64, 96)]
     maps, scores = runtime.predict_maps(X, return_scores=True)
@@ -379,6 +379,7 @@ def test_runtime_scores_per_position_tiles_as_the_torch_detector(tmp_path):
     for batch_size in (1, 13, 64):  # fewer tiles than one image has, one image and a part, several images
         runtime = RuntimeDetector(path, batch_size=batch_size)
         assert runtime.tile_grid_size_ == (64, 96) and runtime.metadata_["format"] == 3
+        assert runtime.map_kind_ == detector.map_kind_ == "standardized"  # the maps compared below are standardised
         maps, scores = runtime.predict_maps(test, return_scores=True)
         np.testing.assert_allclose(maps, expected_maps, atol=1e-4)
         np.testing.assert_allclose(scores, expected_scores, atol=carried_tolerance(detector, 1e-5))
