@@ -58,9 +58,9 @@ def returned_map_kind(map_standardizer: "MapStandardizer | None", tile_grid_size
     test images -0.54 to -0.78 over its ten positions, the extremes 4 to 7 within-position
     standard deviations apart), so the raw map
     stitched from them has a seam of level at every tile border; standardising per pixel
-    takes each position's level out. Measured on the nine per-position fits of
+    takes each position's level out. Measured on the ten per-position fits of
     ``docs/quality.md`` (*Tiling*): AUPRO of the standardised maps at least that of the raw
-    maps on eight (+0.001 to +0.34, mean +0.064), 0.033 below on one (tire, whose test
+    maps on nine (+0.001 to +0.34, mean +0.091), 0.033 below on one (tire, whose test
     images come from another session than its training images).
 
     Parameters
